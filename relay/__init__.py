@@ -1,0 +1,24 @@
+"""relay: a home-automation event relay agent. See DESIGN.md and README.md."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from relay.event import Event
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "push"]
+
+
+def push(
+    name: str,
+    payload: Any = None,
+    *,
+    config_path: str | os.PathLike[str] | None = None,
+) -> Event:
+    """Put one event in relay's spool; returns once it is on disk. See ``relay push``."""
+    from relay.producer import push as _push  # keep ``import relay`` light
+
+    return _push(name, payload, config_path=config_path)

@@ -1,0 +1,178 @@
+"""The ``relay`` command: parses arguments, calls the package, maps errors to exit codes.
+
+Exit status: 0 success, 1 runtime failure, 2 usage error, 78 bad config (EX_CONFIG, which
+the systemd unit's ``RestartPreventExitStatus=`` honours so a typo does not restart-loop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from relay import __version__, config
+from relay.errors import ConfigError, RelayError
+
+EX_OK, EX_FAIL, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
+
+log = logging.getLogger("relay")
+
+
+class UsageError(Exception):
+    """A bad argument the parser could not see (say, ``--payload`` that is not JSON)."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"relay: {line}", file=sys.stderr)
+        return EX_CONFIG
+    except UsageError as exc:
+        print(f"relay {args.command}: {exc}", file=sys.stderr)
+        return EX_USAGE
+    except RelayError as exc:
+        print(f"relay {args.command}: {exc}", file=sys.stderr)
+        return EX_FAIL
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    config_help = "config file (default: $RELAY_CONFIG, else /etc/relay.toml)"
+    # Accepted before or after the subcommand; SUPPRESS keeps the later one from erasing
+    # the earlier with its default.
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=config_help)
+    p = argparse.ArgumentParser(prog="relay", description="Home-automation event relay agent.")
+    p.add_argument("--config", metavar="PATH", help=config_help)
+    p.add_argument("--version", action="version", version=f"relay {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str) -> Any:
+        cmd = sub.add_parser(name, parents=[common], help=help, description=help)
+        cmd.set_defaults(func=func)
+        return cmd
+
+    add("run", _run, "run the agent (what systemd runs)")
+    push = add("push", _push, "put an event in the spool (works with the agent stopped)")
+    push.add_argument("name", help="event name, e.g. 'door opened' or home/hall/door")
+    push.add_argument("--payload", metavar="JSON", help="event payload, as JSON")
+    status = add("status", _status, "queue depth, ages, errors and dead letters per sink")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    dlq = add("dlq", _dlq, "list, retry or purge dead letters")
+    dlq.add_argument("action", choices=["list", "retry", "purge"])
+    dlq.add_argument("ids", nargs="*", metavar="ID", help="event ids (default: all)")
+    dlq.add_argument("--sink", metavar="NAME", help="only this sink's dead letters")
+    dlq.add_argument("--all", action="store_true", help="purge: confirm purging everything")
+    dlq.add_argument("--json", action="store_true", help="list: one JSON object per line")
+    add("check-config", _check_config, "validate and print the effective config")
+    return p
+
+
+def _settings(args: argparse.Namespace) -> config.Settings:
+    return config.load(config.config_path(args.config))
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _setup_logging(settings.log_level)
+    from relay.agent import Agent  # its imports are heavy; only `run` needs them
+
+    stop = threading.Event()
+    # Handlers only set a flag; the main thread does the stopping (STYLE.md, habit 6).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        Agent(settings).run(stop)
+    except RelayError as exc:
+        log.critical("%s", exc)
+        return EX_FAIL
+    return EX_OK
+
+
+def _push(args: argparse.Namespace) -> int:
+    from relay.producer import push
+
+    payload = None
+    if args.payload is not None:
+        try:
+            payload = json.loads(args.payload)
+        except ValueError as exc:
+            raise UsageError(f"--payload is not valid JSON ({exc})") from None
+    try:
+        event = push(args.name, payload, config_path=args.config)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    print(event.id)
+    return EX_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    from relay import report
+    from relay.producer import open_spool
+
+    settings = _settings(args)
+    if not (settings.state_dir / "spool.db").exists():
+        print(f"relay status: no spool in {settings.state_dir} yet (relay has not run)")
+        return EX_OK
+    with open_spool(settings.spool, settings.state_dir) as spool:
+        stats = spool.stats()
+    if args.json:
+        print(json.dumps(report.status_json(stats), indent=2))
+    else:
+        print(report.status_text(stats))
+    return EX_OK
+
+
+def _dlq(args: argparse.Namespace) -> int:
+    from relay import report
+    from relay.doorbell import ring
+    from relay.producer import open_spool
+
+    settings = _settings(args)
+    if args.action == "purge" and not (args.ids or args.sink or args.all):
+        raise UsageError("name the IDs or --sink to purge, or pass --all")
+    with open_spool(settings.spool, settings.state_dir) as spool:
+        if args.action == "list":
+            for dl in spool.dead_letters(args.sink, args.ids):
+                if args.json:
+                    print(json.dumps(report.dead_letter_json(dl)))
+                else:
+                    print(report.dead_letter_text(dl))
+            return EX_OK
+        if args.action == "retry":
+            n = spool.redeliver(args.sink, args.ids)
+            ring(settings.state_dir)
+            print(f"{n} dead letter(s) queued again")
+        else:
+            n = spool.purge(args.sink, args.ids)
+            print(f"{n} dead letter(s) purged")
+    if args.ids and n < len(args.ids):
+        print(f"relay dlq: {len(args.ids) - n} id(s) not found", file=sys.stderr)
+        return EX_FAIL
+    return EX_OK
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    path = config.config_path(args.config)
+    settings = config.load(path)
+    print(json.dumps(config.dump(settings), indent=2))
+    print(f"relay: {Path(path)}: config OK", file=sys.stderr)
+    return EX_OK
+
+
+def _setup_logging(level: str) -> None:
+    # No timestamps: journald (or the terminal's scrollback) has them.
+    logging.basicConfig(
+        level=level.upper(), format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )

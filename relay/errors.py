@@ -1,0 +1,72 @@
+"""The exceptions relay raises, and what each means to the caller.
+
+    RelayError
+    ├── ConfigError          the config is wrong; the CLI exits 78 (EX_CONFIG)
+    ├── SpoolError           the spool could not do what was asked (disk full, read-only, ...)
+    │   ├── SpoolFull        no room and ``when_full = "reject"``: push back on the producer
+    │   └── SpoolClosed      the spool was closed while the call waited
+    ├── AlreadyRunning       another agent holds the state directory
+    └── SendError            a sink could not deliver (raised by sinks, handled by forwarders)
+        ├── TransientError   retry later, forever (or until ``max_age``)
+        └── PermanentError   counts toward ``max_retries``, then the event is dead-lettered
+
+Sinks translate their library's exceptions into exactly these two ``SendError`` kinds, once,
+in the adapter, chaining the cause; the forwarder never looks at an HTTP status or a pika
+exception.
+"""
+
+from __future__ import annotations
+
+
+class RelayError(Exception):
+    """Base of every error relay raises on purpose."""
+
+
+class ConfigError(RelayError):
+    """The configuration is invalid. ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class SpoolError(RelayError):
+    """The spool could not complete an operation; the operation did not happen."""
+
+
+class SpoolFull(SpoolError):
+    """The spool is at its size cap and ``when_full = "reject"``."""
+
+
+class SpoolClosed(SpoolError):
+    """The spool is closed."""
+
+
+class AlreadyRunning(RelayError):
+    """Another agent already runs on the same state directory."""
+
+
+class SendError(RelayError):
+    """A sink failed to deliver a batch.
+
+    ``delivered`` counts how many events at the front of the batch the far end did take
+    (for windowed sinks); the forwarder acks those and retries the rest.
+    """
+
+    def __init__(self, message: str, *, delivered: int = 0) -> None:
+        super().__init__(message)
+        self.delivered = delivered
+
+
+class TransientError(SendError):
+    """Worth retrying: the far end is down, slow, or asked us to come back later."""
+
+    def __init__(
+        self, message: str, *, delivered: int = 0, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, delivered=delivered)
+        self.retry_after = retry_after
+
+
+class PermanentError(SendError):
+    """The far end refused this event; retrying the same bytes will not help."""

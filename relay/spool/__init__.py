@@ -1,0 +1,46 @@
+"""The durable spool: one SQLite file where every event waits until each sink has it.
+
+Rows live in ``events`` in spool order (``seq``). Each sink has a cursor: every event at or
+below it is done for that sink (delivered or dead-lettered). A sink leases the events after
+its cursor, in order; ``ack`` moves the cursor, ``retry`` records a failure of the head,
+``dead_letter`` copies the head to ``dead_letters`` with its reason and moves past it. Rows
+every cursor has passed are deleted in batches, so the file does not grow. ``relay dlq
+retry`` appends a dead letter again as a new row for that one sink, with the same event id.
+
+Writes go through one writer thread that applies every queued operation in one transaction
+(group commit) and only then reports each one done: no producer hears "stored" before the
+commit that stored it has returned. Reads share the connection under a lock. Other processes
+(``relay push``, ``relay dlq``) open the same file; SQLite's locks and ``BEGIN IMMEDIATE``
+serialise the writers, and the byte count lives in the file so the cap holds across them.
+
+    model.py   what the spool hands out (records, leases, dead letters, stats)
+    file.py    the file: schema, migrations, pragmas, corrupt-file handling
+    txn.py     the writes, inside one group-commit transaction
+    spool.py   the thread-safe ``Spool`` and its writer thread
+"""
+
+from relay.spool.model import (
+    ROW_OVERHEAD,
+    DeadLetter,
+    Done,
+    Durability,
+    Lease,
+    Record,
+    SinkStats,
+    SpoolStats,
+    WhenFull,
+)
+from relay.spool.spool import Spool
+
+__all__ = [
+    "ROW_OVERHEAD",
+    "DeadLetter",
+    "Done",
+    "Durability",
+    "Lease",
+    "Record",
+    "SinkStats",
+    "Spool",
+    "SpoolStats",
+    "WhenFull",
+]

@@ -1,0 +1,172 @@
+"""The spool file on disk: schema and migrations, pragmas, and what to do with a bad file."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+from relay.errors import SpoolError
+from relay.spool.model import Durability
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+MIGRATIONS: dict[int, list[str]] = {
+    # The statements that take user_version N to N + 1.
+    0: [
+        # seq is AUTOINCREMENT so that a number is never reused once rows were deleted: a
+        # sink's cursor must never point past an event that arrives later.
+        """CREATE TABLE events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL,
+            body BLOB NOT NULL,
+            spooled_at REAL NOT NULL,
+            sink TEXT
+        )""",
+        # Replays (relay dlq retry) are rare rows for one sink; this keeps finding them cheap.
+        "CREATE INDEX events_replays ON events (sink, seq) WHERE sink IS NOT NULL",
+        """CREATE TABLE sinks (
+            name TEXT PRIMARY KEY,
+            cursor INTEGER NOT NULL,
+            head_seq INTEGER NOT NULL DEFAULT 0,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            failures INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            last_error_at REAL,
+            delivered INTEGER NOT NULL DEFAULT 0,
+            dead INTEGER NOT NULL DEFAULT 0
+        )""",
+        """CREATE TABLE dead_letters (
+            sink TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            id TEXT NOT NULL,
+            body BLOB NOT NULL,
+            reason TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            dead_at REAL NOT NULL,
+            PRIMARY KEY (sink, seq)
+        )""",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+        "INSERT INTO meta VALUES ('bytes', 0), ('dropped', 0), ('sinks_seen', 0)",
+    ],
+}
+
+
+def open_file(path: Path, durability: Durability, *, check: bool) -> sqlite3.Connection:
+    """Open (creating if needed) the spool at ``path``, ready for use.
+
+    With ``check``, a file that fails ``PRAGMA quick_check`` is moved aside as
+    ``spool.db.corrupt-<time>`` and replaced by an empty one, reported once at CRITICAL.
+    """
+    try:
+        path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpoolError(f"cannot create state_dir {path.parent}: {exc.strerror}") from None
+    _set_aside_stray_journal(path)
+    conn = _connect(path)
+    if check and (problem := _check(conn)):
+        conn.close()
+        _quarantine(path, problem)
+        conn = _connect(path)
+    try:
+        _configure(conn, durability)
+        migrate(conn)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise SpoolError(f"cannot open spool {path}: {exc}") from None
+    return conn
+
+
+def open_memory() -> sqlite3.Connection:
+    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    migrate(conn)
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise sqlite3.DatabaseError(
+            f"schema version {version} is newer than this relay understands ({SCHEMA_VERSION})"
+        )
+    while version < SCHEMA_VERSION:
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in MIGRATIONS[version]:
+            conn.execute(statement)
+        version += 1
+        conn.execute(f"PRAGMA user_version={version}")
+        conn.execute("COMMIT")
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    try:
+        # timeout: how long to wait for another process's write lock (relay push, relay dlq).
+        return sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+    except sqlite3.Error as exc:
+        raise SpoolError(f"cannot open spool {path}: {exc}") from None
+
+
+def _configure(conn: sqlite3.Connection, durability: Durability) -> None:
+    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if mode != "wal":
+        raise sqlite3.OperationalError(f"journal_mode is {mode}, not wal")
+    # FULL: every commit is fsync'd before a producer hears "stored" (survives a power cut).
+    # NORMAL, in WAL mode: survives a crash of relay or of the OS, not a power cut.
+    conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
+    conn.execute("PRAGMA journal_size_limit=8388608")  # an idle WAL shrinks back: less flash
+
+
+def _check(conn: sqlite3.Connection) -> str | None:
+    """What is wrong with the open file, or None when ``quick_check`` says ok."""
+    try:
+        rows = conn.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    if rows == [("ok",)]:
+        return None
+    return "; ".join(str(r[0]) for r in rows[:3])
+
+
+def _quarantine(path: Path, problem: str) -> None:
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+    lost = _count_rows(path)
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(str(path) + suffix)
+        if src.exists():
+            os.replace(src, Path(str(aside) + suffix))
+    log.critical(
+        "spool %s is corrupt (%s): moved it to %s and started an empty spool; %s",
+        path,
+        problem,
+        aside,
+        f"it held about {lost} undelivered events"
+        if lost is not None
+        else "how many events it held is unknown",
+    )
+
+
+def _count_rows(path: Path) -> int | None:
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+
+
+def _set_aside_stray_journal(path: Path) -> None:
+    """A -wal or -shm without its database would be replayed into a new, empty file."""
+    if path.exists():
+        return
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for suffix in ("-wal", "-shm"):
+        stray = Path(str(path) + suffix)
+        if stray.exists():
+            aside = path.with_name(f"{path.name}{suffix}.stray-{stamp}")
+            os.replace(stray, aside)
+            log.critical("found %s without its database: moved it to %s", stray, aside)

@@ -1,0 +1,71 @@
+"""What the spool hands out: leased records, dead letters, statistics. Plain data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from relay.errors import SpoolError
+from relay.event import Event
+
+Durability = Literal["full", "normal", "memory"]
+WhenFull = Literal["reject", "drop_oldest"]
+Done = Callable[[SpoolError | None], None]
+
+# Bytes charged per row on top of its body (keys, record header, index entry), so that the
+# size cap tracks the file and not only the payloads.
+ROW_OVERHEAD = 64
+
+
+@dataclass(frozen=True)
+class Record:
+    """An event leased from the spool, with where it sits and when it was stored."""
+
+    seq: int
+    event: Event
+    spooled_at: float
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The head of a sink's queue (``records``, oldest first) and the head's failure counts."""
+
+    sink: str
+    records: list[Record]
+    attempts: int
+    failures: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    sink: str
+    seq: int
+    event_id: str
+    body: bytes
+    reason: str
+    attempts: int
+    dead_at: float
+
+
+@dataclass(frozen=True)
+class SinkStats:
+    name: str
+    depth: int
+    oldest_at: float | None
+    attempts: int
+    last_error: str | None
+    last_error_at: float | None
+    delivered: int
+    dead_letters: int
+
+
+@dataclass(frozen=True)
+class SpoolStats:
+    path: str
+    durability: str
+    bytes: int
+    max_bytes: int
+    rows: int
+    dropped: int
+    sinks: list[SinkStats]

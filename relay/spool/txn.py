@@ -1,0 +1,257 @@
+"""The spool's writes, as done inside one group-commit transaction by the writer thread.
+
+A ``Txn`` reads the byte count once at the start, keeps it in Python while the operations of
+the batch run, and writes it back once at the end; puts are collected and inserted with one
+``executemany`` before anything that reads the table. Each operation checks what it needs
+before it writes, so an operation that is refused (``SpoolFull``, unknown sink) leaves nothing
+behind and its neighbours in the same commit go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from relay.errors import SpoolError, SpoolFull
+from relay.event import Event
+from relay.spool.model import ROW_OVERHEAD, WhenFull
+
+log = logging.getLogger("relay.spool")
+
+TRIM_BATCH = 512  # delete delivered rows this many at a time: fewer, larger page writes
+PENDING = "FROM events WHERE seq > ? AND (sink IS NULL OR sink = ?)"
+_EVENT_BYTES = f"coalesce(sum(length(body) + {ROW_OVERHEAD}), 0)"
+_DL_BYTES = f"coalesce(sum(length(body) + length(reason) + {ROW_OVERHEAD}), 0)"
+
+
+class Txn:
+    def __init__(self, c: sqlite3.Cursor, *, max_bytes: int, when_full: WhenFull, now: float):
+        self.c = c
+        self.max_bytes = max_bytes
+        self.when_full = when_full
+        self.now = now
+        self.wakes = False  # whether the batch added work for the sinks
+        self.dropped = 0
+        self.used = self._meta("bytes")
+        self._rows: list[tuple[str, bytes, float]] = []
+
+    def _meta(self, key: str) -> int:
+        return int(self.c.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0])
+
+    def finish(self) -> None:
+        self.flush()
+        self.trim()
+        self.c.execute("UPDATE meta SET value=? WHERE key='bytes'", (self.used,))
+        if self.dropped:
+            self.c.execute("UPDATE meta SET value = value + ? WHERE key='dropped'", (self.dropped,))
+
+    def flush(self) -> None:
+        if self._rows:
+            self.c.executemany(
+                "INSERT INTO events (id, body, spooled_at) VALUES (?, ?, ?)", self._rows
+            )
+            self._rows = []
+
+    # ------------------------------------------------------------ producers
+
+    def insert(self, events: Sequence[Event]) -> None:
+        rows = [(e.id, e.to_json(), self.now) for e in events]
+        need = sum(len(body) + ROW_OVERHEAD for _, body, _ in rows)
+        if self.used + need > self.max_bytes:
+            self.flush()
+            self.trim(force=True)  # delivered rows still waiting for a batch delete
+        if self.used + need > self.max_bytes:
+            if self.when_full == "reject" or need > self.max_bytes:
+                raise SpoolFull(
+                    f"spool full ({self.used:,} of {self.max_bytes:,} bytes, when_full = "
+                    f'"{self.when_full}"): the sinks are not keeping up; see relay status'
+                )
+            self._drop_oldest(self.used + need - self.max_bytes)
+        self._rows.extend(rows)
+        self.used += need
+        self.wakes = True
+
+    def _drop_oldest(self, excess: int) -> None:
+        freed = dropped = 0
+        while freed < excess:
+            rows = self.c.execute(
+                f"SELECT seq, length(body) + {ROW_OVERHEAD} FROM events ORDER BY seq LIMIT 256"
+            ).fetchall()
+            if not rows:
+                break
+            for seq, size in rows:
+                if freed >= excess:
+                    break
+                self.c.execute("DELETE FROM events WHERE seq=?", (seq,))
+                freed, dropped = freed + size, dropped + 1
+        while freed < excess:  # only dead letters are left to make room
+            row = self.c.execute(
+                f"SELECT sink, seq, length(body) + length(reason) + {ROW_OVERHEAD} "
+                "FROM dead_letters ORDER BY dead_at LIMIT 1"
+            ).fetchone()
+            if row is None:
+                break
+            self.c.execute("DELETE FROM dead_letters WHERE sink=? AND seq=?", row[:2])
+            freed, dropped = freed + row[2], dropped + 1
+        self.used -= freed
+        self.dropped += dropped
+
+    # ------------------------------------------------------------ sinks
+
+    def register(self, names: list[str]) -> None:
+        self.flush()
+        c = self.c
+        known = {r[0] for r in c.execute("SELECT name FROM sinks")}
+        for gone in sorted(known - set(names)):
+            cursor = c.execute("SELECT cursor FROM sinks WHERE name=?", (gone,)).fetchone()[0]
+            pending = c.execute(f"SELECT count(*) {PENDING}", (cursor, gone)).fetchone()[0]
+            log.warning(
+                "sink %s is no longer configured: forgetting it (%d events it had not received;"
+                " its dead letters are kept)",
+                gone,
+                pending,
+            )
+            c.execute("DELETE FROM sinks WHERE name=?", (gone,))
+            c.execute("DELETE FROM events WHERE sink IS NOT NULL AND sink=?", (gone,))
+        # A sink new to this file starts after the newest event, except the very first ones,
+        # which take what relay push queued before the agent ever ran.
+        first_ever = self._meta("sinks_seen") == 0
+        start = 0 if first_ever else c.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
+        for name in names:
+            if name not in known:
+                c.execute("INSERT INTO sinks (name, cursor) VALUES (?, ?)", (name, start))
+        if names and first_ever:
+            c.execute("UPDATE meta SET value = 1 WHERE key='sinks_seen'")
+        # Start-up is the moment to correct any drift in the byte count.
+        self.used = c.execute(
+            f"SELECT (SELECT {_EVENT_BYTES} FROM events) + (SELECT {_DL_BYTES} FROM dead_letters)"
+        ).fetchone()[0]
+        self.wakes = True
+
+    def _sink(self, sink: str) -> tuple[int, int, int, int]:
+        row = self.c.execute(
+            "SELECT cursor, head_seq, attempts, failures FROM sinks WHERE name=?", (sink,)
+        ).fetchone()
+        if row is None:
+            raise SpoolError(f"unknown sink {sink!r}")
+        return row  # type: ignore[no-any-return]
+
+    def ack(self, sink: str, upto: int) -> None:
+        self.flush()
+        cursor = self._sink(sink)[0]
+        if upto <= cursor:
+            return  # a repeated ack
+        n = self.c.execute(
+            "SELECT count(*) FROM events WHERE seq > ? AND seq <= ? AND (sink IS NULL OR sink=?)",
+            (cursor, upto, sink),
+        ).fetchone()[0]
+        self.c.execute(
+            "UPDATE sinks SET cursor=?, head_seq=0, attempts=0, failures=0, "
+            "delivered = delivered + ? WHERE name=?",
+            (upto, n, sink),
+        )
+
+    def retry(self, sink: str, seq: int, error: str, permanent: bool) -> tuple[int, int]:
+        _, head_seq, attempts, failures = self._sink(sink)
+        if head_seq != seq:
+            attempts = failures = 0  # the counters were about an earlier head
+        attempts, failures = attempts + 1, failures + int(permanent)
+        self.c.execute(
+            "UPDATE sinks SET head_seq=?, attempts=?, failures=?, last_error=?, last_error_at=? "
+            "WHERE name=?",
+            (seq, attempts, failures, error[:1000], self.now, sink),
+        )
+        return attempts, failures
+
+    def dead_letter(self, sink: str, seq: int, reason: str) -> None:
+        self.flush()
+        cursor, head_seq, attempts, _ = self._sink(sink)
+        row = self.c.execute("SELECT id, body FROM events WHERE seq=?", (seq,)).fetchone()
+        if row is None or seq <= cursor:
+            return  # already past it (a repeated call), or dropped by drop_oldest
+        reason = reason[:1000]
+        tries = max(attempts if head_seq == seq else 0, 1)
+        self.c.execute(
+            "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (sink, seq, row[0], row[1], reason, tries, self.now),
+        )
+        self.c.execute(
+            "UPDATE sinks SET cursor=?, head_seq=0, attempts=0, failures=0, dead = dead + 1, "
+            "last_error=?, last_error_at=? WHERE name=?",
+            (seq, reason, self.now, sink),
+        )
+        self.used += len(row[1]) + len(reason) + ROW_OVERHEAD
+
+    # ------------------------------------------------------------ dead letters
+
+    def redeliver(self, sink: str | None, ids: Sequence[str]) -> int:
+        self.flush()
+        where, args = dl_filter(sink, ids)
+        rows = self.c.execute(
+            f"SELECT sink, seq, id, body, reason FROM dead_letters{where} ORDER BY seq", args
+        ).fetchall()
+        known = {r[0] for r in self.c.execute("SELECT name FROM sinks")}
+        moved = 0
+        for dl_sink, seq, event_id, body, reason in rows:
+            if dl_sink not in known:
+                continue  # that sink is no longer configured: nothing would ever send it
+            self.c.execute(
+                "INSERT INTO events (id, body, spooled_at, sink) VALUES (?, ?, ?, ?)",
+                (event_id, body, self.now, dl_sink),
+            )
+            self.c.execute("DELETE FROM dead_letters WHERE sink=? AND seq=?", (dl_sink, seq))
+            self.used -= len(reason)  # the row keeps its body and overhead, loses its reason
+            moved += 1
+        self.wakes = self.wakes or moved > 0
+        return moved
+
+    def purge(self, sink: str | None, ids: Sequence[str]) -> int:
+        where, args = dl_filter(sink, ids)
+        count, freed = self.c.execute(
+            f"SELECT count(*), {_DL_BYTES} FROM dead_letters{where}", args
+        ).fetchone()
+        self.c.execute(f"DELETE FROM dead_letters{where}", args)
+        self.used -= freed
+        return int(count)
+
+    # ------------------------------------------------------------ housekeeping
+
+    def trim(self, *, force: bool = False) -> None:
+        """Delete rows every sink is done with, a batch at a time (all of them if ``force``)."""
+        c = self.c
+        low = c.execute("SELECT min(cursor) FROM sinks").fetchone()[0]
+        # Two subqueries: min() and max() in one SELECT would scan the whole table.
+        first, last = c.execute(
+            "SELECT (SELECT min(seq) FROM events), (SELECT max(seq) FROM events)"
+        ).fetchone()
+        if low is None or first is None or low < first:
+            return
+        if low - first + 1 < TRIM_BATCH and low < last and not force:
+            return  # wait for a fuller batch, unless every sink has caught up
+        upto = low if force else min(low, first + 16 * TRIM_BATCH)
+        freed = c.execute(
+            f"SELECT {_EVENT_BYTES} FROM events WHERE seq <= ? AND sink IS NULL", (upto,)
+        ).fetchone()[0]
+        c.execute("DELETE FROM events WHERE seq <= ? AND sink IS NULL", (upto,))
+        # A replay for one sink goes as soon as that sink has it.
+        for sink, cursor in c.execute("SELECT name, cursor FROM sinks").fetchall():
+            mine = "FROM events WHERE sink IS NOT NULL AND sink = ? AND seq <= ?"
+            size = c.execute(f"SELECT {_EVENT_BYTES} {mine}", (sink, cursor)).fetchone()[0]
+            if size:
+                c.execute(f"DELETE {mine}", (sink, cursor))
+                freed += size
+        self.used -= freed
+
+
+def dl_filter(sink: str | None, ids: Sequence[str]) -> tuple[str, list[Any]]:
+    """A WHERE clause over dead letters: this sink's, these ids (both optional)."""
+    clauses, args = [], []
+    if sink is not None:
+        clauses.append("sink = ?")
+        args.append(sink)
+    if ids:
+        clauses.append(f"id IN ({','.join('?' * len(ids))})")
+        args.extend(ids)
+    return ((" WHERE " + " AND ".join(clauses)) if clauses else ""), args

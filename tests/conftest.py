@@ -1,0 +1,47 @@
+"""Shared fixtures. Broker-backed tests skip on a machine without the broker, unless
+``RELAY_REQUIRE_BROKERS=1`` (set by .ci/run), which turns those skips into failures."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+
+settings.register_profile("ci", max_examples=500, deadline=None)
+settings.register_profile("dev", max_examples=100, deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "state"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def write_config(tmp_path: Path, state_dir: Path) -> Callable[..., Path]:
+    """Write a relay.toml whose state_dir is this test's; returns its path."""
+
+    def write(body: str = "", *, name: str = "relay.toml") -> Path:
+        path = tmp_path / name
+        head = f'node = "test-node"\nstate_dir = "{state_dir}"\n'
+        path.write_text(head + textwrap.dedent(body))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def relay_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """An environment for relay subprocesses without the caller's RELAY_* overrides."""
+    for key in list(os.environ):
+        if key.startswith("RELAY_") and key != "RELAY_REQUIRE_BROKERS":
+            monkeypatch.delenv(key)
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
