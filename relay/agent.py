@@ -14,9 +14,12 @@ import threading
 from pathlib import Path
 from typing import IO, Protocol
 
-from relay.config import Settings
+from relay.backoff import Backoff
+from relay.config import AmqpSinkConfig, HttpSinkConfig, Settings, SinkConfig
 from relay.doorbell import Doorbell
 from relay.errors import AlreadyRunning, SpoolError
+from relay.forwarder import Forwarder, Policy
+from relay.sinks import Sink
 from relay.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,7 @@ class Agent:
         self.components: list[Component] = []
         self._lock_file: IO[str] | None = None
         self._doorbell: Doorbell | None = None
+        self.ready = threading.Event()  # set once everything has started
 
     def start(self) -> None:
         """Open the spool and start every component. Raises ``RelayError`` subclasses."""
@@ -62,6 +66,7 @@ class Agent:
         self.components = self._build()
         for component in self.components:
             component.start()
+        self.ready.set()
         stats = self.spool.stats()
         log.info(
             "relay started: node %s, spool %s (%d events queued), %d sink(s), %d source(s)",
@@ -73,7 +78,11 @@ class Agent:
         )
 
     def _build(self) -> list[Component]:
-        return []
+        assert self.spool is not None
+        components: list[Component] = []
+        for cfg in self.settings.sinks:
+            components.append(Forwarder(build_sink(cfg), self.spool, policy(cfg)))
+        return components
 
     def run(self, stop: threading.Event) -> None:
         """Start, wait for ``stop`` (set by a signal handler), then stop cleanly."""
@@ -124,3 +133,25 @@ def _lock_state_dir(state_dir: Path) -> IO[str]:
         f.write(f"{os.getpid()}\n")
         f.flush()
     return f
+
+
+def policy(cfg: SinkConfig) -> Policy:
+    return Policy(
+        max_retries=cfg.max_retries,
+        max_age=cfg.max_age.total_seconds() if cfg.max_age is not None else None,
+        backoff=Backoff(
+            cfg.retry_initial.total_seconds(), cfg.retry_factor, cfg.retry_max.total_seconds()
+        ),
+        batch_max=cfg.batch_max if isinstance(cfg, HttpSinkConfig) else cfg.window,
+    )
+
+
+def build_sink(cfg: SinkConfig) -> Sink:
+    """The concrete sink for a config section; its library is imported only when used."""
+    if isinstance(cfg, HttpSinkConfig):
+        from relay.sinks.http import HttpSink
+
+        return HttpSink(cfg)
+    if isinstance(cfg, AmqpSinkConfig):
+        raise NotImplementedError("the AMQP sink arrives with issue 4/9")
+    raise AssertionError(f"unknown sink type {cfg!r}")

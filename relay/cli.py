@@ -64,6 +64,15 @@ def _parser() -> argparse.ArgumentParser:
         return cmd
 
     add("run", _run, "run the agent (what systemd runs)")
+    demo = add("demo", _demo, "a self-contained demo: door sensor, flaky remote, live view")
+    demo.add_argument("--events", type=int, default=10, metavar="N", help="stop after N events")
+    demo.add_argument(
+        "--fail-rate",
+        type=float,
+        default=0.5,
+        metavar="P",
+        help="share of requests the remote refuses (default 0.5)",
+    )
     push = add("push", _push, "put an event in the spool (works with the agent stopped)")
     push.add_argument("name", help="event name, e.g. 'door opened' or home/hall/door")
     push.add_argument("--payload", metavar="JSON", help="event payload, as JSON")
@@ -98,6 +107,16 @@ def _run(args: argparse.Namespace) -> int:
         log.critical("%s", exc)
         return EX_FAIL
     return EX_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from relay import demo
+
+    if args.events < 1 or not 0 <= args.fail_rate < 1:
+        raise UsageError("--events must be at least 1 and --fail-rate in [0, 1)")
+    _setup_logging("warning")
+    tally = demo.run(events=args.events, fail_rate=args.fail_rate)
+    return EX_OK if tally.delivered == tally.produced else EX_FAIL
 
 
 def _push(args: argparse.Namespace) -> int:

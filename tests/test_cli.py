@@ -200,3 +200,18 @@ def test_run_stops_cleanly_on_sigterm(cfg: Path, relay_env: dict[str, str]) -> N
             if "relay started" in line:
                 proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def test_demo_delivers_everything(relay_env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [*RELAY, "demo", "--events", "6", "--fail-rate", "0.5"],
+        capture_output=True,
+        text=True,
+        env=relay_env,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "produced 6, delivered 6," in result.stdout
+    assert "duplicates seen by the remote 0" in result.stdout
+    assert result.stdout.count("  pushed ") == 6

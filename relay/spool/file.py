@@ -80,6 +80,13 @@ def open_file(path: Path, durability: Durability, *, check: bool) -> sqlite3.Con
     return conn
 
 
+def open_reader(path: Path) -> sqlite3.Connection:
+    """A second connection to an open spool, for reads only."""
+    conn = _connect(path)
+    conn.execute("PRAGMA query_only=1")
+    return conn
+
+
 def open_memory() -> sqlite3.Connection:
     conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
     migrate(conn)

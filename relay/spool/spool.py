@@ -62,6 +62,10 @@ class _Op(Generic[T]):
             self.lock.release()
 
 
+def _ignore(error: SpoolError | None) -> None:
+    """For writes nobody waits for: the writer has logged any failure already."""
+
+
 class Spool:
     """The spool. Thread-safe; open with :meth:`open`, close with :meth:`close`."""
 
@@ -69,6 +73,7 @@ class Spool:
         self,
         conn: sqlite3.Connection,
         *,
+        reader: sqlite3.Connection | None = None,
         path: Path | None,
         durability: Durability,
         max_bytes: int,
@@ -78,8 +83,13 @@ class Spool:
         self.durability = durability
         self.max_bytes = max_bytes
         self.when_full = when_full
-        self._conn = conn
-        self._lock = threading.Lock()  # guards the connection
+        self._conn = conn  # the writer thread's
+        self._lock = threading.Lock()  # guards it
+        # Reads (lease, stats) use their own connection, so that a forwarder leasing its
+        # next event does not wait for the writer's fsync (WAL lets readers run during a
+        # commit). An in-memory database has only the one connection.
+        self._rconn = reader or conn
+        self._rlock = threading.Lock() if reader is not None else self._lock
         self._ops: queue.Queue[_Op[Any] | object] = queue.Queue(_QUEUE_OPS)
         self._closed = False
         self._submit_lock = threading.Lock()  # orders submissions against close()
@@ -106,11 +116,20 @@ class Spool:
         """
         if durability == "memory":
             log.warning('spool durability is "memory": queued events are lost when relay stops')
-            conn, path = file.open_memory(), None
-        else:
-            path = state_dir / "spool.db"
-            conn = file.open_file(path, durability, check=check)
-        return cls(conn, path=path, durability=durability, max_bytes=max_bytes, when_full=when_full)
+            conn = file.open_memory()
+            return cls(
+                conn, path=None, durability=durability, max_bytes=max_bytes, when_full=when_full
+            )
+        path = state_dir / "spool.db"
+        conn = file.open_file(path, durability, check=check)
+        return cls(
+            conn,
+            reader=file.open_reader(path),
+            path=path,
+            durability=durability,
+            max_bytes=max_bytes,
+            when_full=when_full,
+        )
 
     def close(self) -> None:
         """Finish the queued writes, stop the writer and close the file. Idempotent."""
@@ -122,6 +141,8 @@ class Spool:
         with self._changed:
             self._changed.notify_all()
         self._writer.join()
+        with self._rlock:
+            self._rconn.close()
         with self._lock:
             self._conn.close()
 
@@ -166,17 +187,22 @@ class Spool:
         names = list(names)
         self._call(lambda t: t.register(names))
 
-    def lease(self, sink: str, limit: int = 1) -> Lease:
-        """The first ``limit`` events after ``sink``'s cursor, oldest first (maybe none)."""
-        with self._lock:
+    def lease(self, sink: str, limit: int = 1, *, after: int = 0) -> Lease:
+        """The first ``limit`` events after ``sink``'s cursor, oldest first (maybe none).
+
+        ``after``: a seq the caller has acked without waiting for the commit; the lease
+        starts past it even if that ack is not in the file yet.
+        """
+        with self._rlock:
             self._check_open()
-            row = self._conn.execute(
+            row = self._rconn.execute(
                 "SELECT cursor, head_seq, attempts, failures FROM sinks WHERE name=?", (sink,)
             ).fetchone()
             if row is None:
                 raise SpoolError(f"unknown sink {sink!r}")
             cursor, head_seq, attempts, failures = row
-            rows = self._conn.execute(
+            cursor = max(cursor, after)
+            rows = self._rconn.execute(
                 f"SELECT seq, body, spooled_at {PENDING} ORDER BY seq LIMIT ?",
                 (cursor, sink, limit),
             ).fetchall()
@@ -192,14 +218,22 @@ class Spool:
                     "sink %s: spool row %d is not a valid event: dead-lettering it", sink, seq
                 )
                 self.dead_letter(sink, seq, "spool row is not a valid event")
-                return self.lease(sink, limit)
+                return self.lease(sink, limit, after=after)
         if not records or records[0].seq != head_seq:
             attempts = failures = 0  # the counters were about an earlier head
         return Lease(sink, records, attempts, failures)
 
-    def ack(self, sink: str, upto_seq: int) -> None:
-        """Mark ``sink``'s events up to ``upto_seq`` delivered; returns once committed."""
-        self._call(lambda t: t.ack(sink, upto_seq))
+    def ack(self, sink: str, upto_seq: int, *, wait: bool = True) -> None:
+        """Mark ``sink``'s events up to ``upto_seq`` delivered.
+
+        With ``wait`` it returns once committed. Without, it returns at once: the caller
+        leases with ``after=upto_seq`` meanwhile. An ack lost to a crash only means those
+        events are sent again, which at-least-once allows.
+        """
+        if wait:
+            self._call(lambda t: t.ack(sink, upto_seq))
+        else:
+            self._submit(_Op(lambda t: t.ack(sink, upto_seq), _ignore))
 
     def retry(self, sink: str, seq: int, error: str, *, permanent: bool) -> tuple[int, int]:
         """Record a failed attempt at ``sink``'s head ``seq``; returns (attempts, failures)."""
@@ -213,9 +247,9 @@ class Spool:
 
     def dead_letters(self, sink: str | None = None, ids: Sequence[str] = ()) -> list[DeadLetter]:
         where, args = dl_filter(sink, ids)
-        with self._lock:
+        with self._rlock:
             self._check_open()
-            rows = self._conn.execute(
+            rows = self._rconn.execute(
                 "SELECT sink, seq, id, body, reason, attempts, dead_at FROM dead_letters"
                 f"{where} ORDER BY sink, seq",
                 args,
@@ -251,9 +285,9 @@ class Spool:
             self._changed.notify_all()
 
     def stats(self) -> SpoolStats:
-        with self._lock:
+        with self._rlock:
             self._check_open()
-            c = self._conn
+            c = self._rconn
             meta = dict(c.execute("SELECT key, value FROM meta").fetchall())
             rows = c.execute("SELECT count(*) FROM events").fetchone()[0]
             sinks = [
@@ -275,7 +309,7 @@ class Spool:
 
     def _sink_stats(self, row: tuple[Any, ...]) -> SinkStats:
         name, cursor, head_seq, attempts, last_error, last_error_at, delivered = row
-        c = self._conn
+        c = self._rconn
         depth = c.execute(f"SELECT count(*) {PENDING}", (cursor, name)).fetchone()[0]
         head = c.execute(
             f"SELECT seq, spooled_at {PENDING} ORDER BY seq LIMIT 1", (cursor, name)

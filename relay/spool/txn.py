@@ -34,16 +34,29 @@ class Txn:
         self.now = now
         self.wakes = False  # whether the batch added work for the sinks
         self.dropped = 0
-        self.used = self._meta("bytes")
+        self._used: int | None = None  # the byte count, read when first needed
+        self._trim_due = False  # something moved a cursor or freed rows
         self._rows: list[tuple[str, bytes, float]] = []
+
+    @property
+    def used(self) -> int:
+        if self._used is None:
+            self._used = self._meta("bytes")
+        return self._used
+
+    @used.setter
+    def used(self, value: int) -> None:
+        self._used = value
 
     def _meta(self, key: str) -> int:
         return int(self.c.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0])
 
     def finish(self) -> None:
         self.flush()
-        self.trim()
-        self.c.execute("UPDATE meta SET value=? WHERE key='bytes'", (self.used,))
+        if self._trim_due:
+            self.trim()
+        if self._used is not None:
+            self.c.execute("UPDATE meta SET value=? WHERE key='bytes'", (self._used,))
         if self.dropped:
             self.c.execute("UPDATE meta SET value = value + ? WHERE key='dropped'", (self.dropped,))
 
@@ -115,6 +128,7 @@ class Txn:
             )
             c.execute("DELETE FROM sinks WHERE name=?", (gone,))
             c.execute("DELETE FROM events WHERE sink IS NOT NULL AND sink=?", (gone,))
+            self._trim_due = True  # its cursor no longer holds rows back
         # A sink new to this file starts after the newest event, except the very first ones,
         # which take what relay push queued before the agent ever ran.
         first_ever = self._meta("sinks_seen") == 0
@@ -152,6 +166,7 @@ class Txn:
             "delivered = delivered + ? WHERE name=?",
             (upto, n, sink),
         )
+        self._trim_due = True
 
     def retry(self, sink: str, seq: int, error: str, permanent: bool) -> tuple[int, int]:
         _, head_seq, attempts, failures = self._sink(sink)
@@ -183,6 +198,7 @@ class Txn:
             (seq, reason, self.now, sink),
         )
         self.used += len(row[1]) + len(reason) + ROW_OVERHEAD
+        self._trim_due = True
 
     # ------------------------------------------------------------ dead letters
 

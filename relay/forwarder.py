@@ -1,0 +1,171 @@
+"""One forwarder per sink: lease the head of the sink's queue, send it, then ack, schedule a
+retry, or dead-letter. Concurrency 1, so events reach each sink in spool order.
+
+``step(now)`` does one unit of work and says what happened; tests drive it with a fake clock.
+``run()`` only loops: it sleeps until new work arrives (the spool wakes it) or the next retry
+is due, and never polls on a tick.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from relay.backoff import Backoff
+from relay.errors import PermanentError, SendError, TransientError
+from relay.sinks import Sink
+from relay.spool import Record, Spool
+
+log = logging.getLogger(__name__)
+
+
+class Step(enum.Enum):
+    SENT = "sent"  # a batch was delivered
+    RETRY = "retry"  # the head failed; the next attempt is scheduled
+    DEAD = "dead"  # the head was dead-lettered
+    WAIT = "wait"  # a retry is scheduled and not due yet
+    IDLE = "idle"  # nothing to send
+
+
+@dataclass(frozen=True)
+class Policy:
+    """When to give up: what a sink's config says about retries."""
+
+    max_retries: int = 5  # permanent failures of one event beyond the first
+    max_age: float | None = None  # seconds in the spool after which transient retries stop
+    backoff: Backoff = field(default_factory=Backoff)
+    batch_max: int = 1
+
+
+class Forwarder:
+    def __init__(
+        self,
+        sink: Sink,
+        spool: Spool,
+        policy: Policy,
+        *,
+        rng: random.Random | None = None,
+        wall: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = sink.name
+        self.sink = sink
+        self.spool = spool
+        self.policy = policy
+        self.next_attempt = float("-inf")  # monotonic time of the next retry
+        self.failing_since: float | None = None
+        self.last_error: str | None = None
+        self.last_progress = clock()  # for the watchdog: the loop is not wedged
+        self._rng = rng or random.Random()
+        self._wall = wall
+        self._clock = clock
+        self._solo_until = 0  # send one at a time up to this seq (finding a poison event)
+        self._acked = 0  # the last seq acked; its commit may still be on its way
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---------------------------------------------------------------- one step
+
+    def step(self, now: float) -> Step:
+        """Try the head once if it is due. ``now`` is monotonic seconds."""
+        if now < self.next_attempt:
+            return Step.WAIT
+        head = self.spool.lease(self.name, 1, after=self._acked)
+        if not head.records:
+            return Step.IDLE
+        limit = 1 if head.records[0].seq <= self._solo_until else self.policy.batch_max
+        lease = head if limit == 1 else self.spool.lease(self.name, limit, after=self._acked)
+        records = lease.records
+        started = self._clock()
+        try:
+            self.sink.send([r.event for r in records])
+        except SendError as exc:
+            # A retry is timed from the answer (Retry-After counts from there), not the ask.
+            return self._failed(records, exc, now + self._clock() - started)
+        self._ack(records[-1].seq)
+        self.next_attempt = float("-inf")
+        if self.failing_since is not None:
+            log.info(
+                "sink %s: delivering again (failing for %.0fs)", self.name, now - self.failing_since
+            )
+            self.failing_since = None
+        return Step.SENT
+
+    def _failed(self, records: list[Record], exc: SendError, now: float) -> Step:
+        if exc.delivered:  # a windowed sink got the front of the batch through
+            self._ack(records[exc.delivered - 1].seq)
+            records = records[exc.delivered :]
+        head, error = records[0], str(exc)
+        if isinstance(exc, PermanentError) and len(records) > 1:
+            # Which event of the batch is refused? Send them one by one to find out.
+            self._solo_until = records[-1].seq
+        permanent = isinstance(exc, PermanentError)
+        attempts, failures = self.spool.retry(self.name, head.seq, error, permanent=permanent)
+        if permanent and len(records) == 1 and failures > self.policy.max_retries:
+            return self._dead(head, f"{error} (refused {failures} times)")
+        age = self._wall() - head.spooled_at
+        if not permanent and self.policy.max_age is not None and age > self.policy.max_age:
+            return self._dead(head, f"{error} (still failing after {age:.0f}s, max_age)")
+        retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+        delay = self.policy.backoff.delay(attempts, self._rng, retry_after)
+        self.next_attempt = now + delay
+        if self.failing_since is None or error != self.last_error:
+            log.warning(
+                "sink %s: %s; retrying in %.1fs (attempt %d)", self.name, error, delay, attempts
+            )
+        self.failing_since = self.failing_since if self.failing_since is not None else now
+        self.last_error = error
+        return Step.RETRY
+
+    def _ack(self, seq: int) -> None:
+        # Not waiting for the commit keeps the fsync off the sending path; the spool applies
+        # writes in order, so a later retry or dead letter still lands after this ack.
+        self.spool.ack(self.name, seq, wait=False)
+        self._acked = seq
+
+    def _dead(self, head: Record, reason: str) -> Step:
+        self.spool.dead_letter(self.name, head.seq, reason)
+        log.warning("sink %s: event %s dead-lettered: %s", self.name, head.event.id, reason)
+        self.next_attempt = float("-inf")
+        return Step.DEAD
+
+    # ---------------------------------------------------------------- the thread
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name=f"forward-{self.name}")
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after the send in progress (if any) has finished or failed."""
+        self._stop.set()
+        self.spool.notify()
+        if self._thread is not None:
+            self._thread.join()
+        self.sink.close()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def run(self) -> None:
+        errors = 0
+        while not self._stop.is_set():
+            version = self.spool.version  # before the lease: a put after it is not missed
+            try:
+                step = self.step(self._clock())
+                errors = 0
+            except Exception:  # the thread's top: log, count, back off, go on
+                errors += 1
+                delay = self.policy.backoff.delay(errors, self._rng)
+                log.exception("sink %s: forwarder error; retrying in %.1fs", self.name, delay)
+                self._stop.wait(delay)
+                continue
+            self.last_progress = self._clock()
+            if step is Step.IDLE:
+                self.spool.wait_for_change(version, None)
+            elif step is Step.WAIT or step is Step.RETRY:
+                self._stop.wait(max(self.next_attempt - self._clock(), 0.0))

@@ -1,0 +1,173 @@
+"""HTTP sink benchmark: relay's forwarder against plain httpx, in one run.
+
+    .venv/bin/python tests/bench/http_bench.py [--events 20000] [--rate 50] [--seconds 10]
+
+The receiver runs in its own process (tests/bench/receiver.py). Prints one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from relay.agent import Agent
+from relay.config import HttpSinkConfig, Settings
+from relay.event import Event
+from relay.spool import Spool
+
+HERE = Path(__file__).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ReceiverProcess:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/events"
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "receiver.py"), str(self.port)], stdout=subprocess.PIPE
+        )
+        assert self.proc.stdout is not None and self.proc.stdout.readline() == b"ready\n"
+        self.client = httpx.Client()
+
+    def arrivals(self) -> dict[str, float]:
+        return dict(self.client.get(f"http://127.0.0.1:{self.port}/").json())
+
+    def reset(self) -> None:
+        self.client.post(f"http://127.0.0.1:{self.port}/reset")
+
+    def close(self) -> None:
+        self.client.close()
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def events(n: int) -> list[Event]:
+    return [
+        Event.new(
+            node="bench", source="bench", name="home/hall/door", payload={"i": i, "state": "open"}
+        )
+        for i in range(n)
+    ]
+
+
+def settings(state_dir: Path, url: str, batch_max: int) -> Settings:
+    sink = HttpSinkConfig(name="cloud", type="http", url=url, batch_max=batch_max)
+    return Settings(node="bench", state_dir=state_dir, sinks=[sink])
+
+
+def drain(rx: ReceiverProcess, n: int, batch_max: int) -> float:
+    """Events/s to deliver a backlog of ``n`` that was queued while the agent was down."""
+    rx.reset()
+    with tempfile.TemporaryDirectory() as d:
+        state = Path(d)
+        with Spool.open(state) as spool:
+            spool.register_sinks(["cloud"])
+            for i in range(0, n, 1000):
+                spool.put_many(events(min(1000, n - i)))
+        agent = Agent(settings(state, rx.url, batch_max))
+        stop = threading.Event()
+        start = time.perf_counter()
+        runner = threading.Thread(target=agent.run, args=(stop,))
+        runner.start()
+        agent.ready.wait()
+        assert agent.spool is not None
+        while agent.spool.lease("cloud", 1).records:  # O(1), unlike stats()
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - start
+        stop.set()
+        runner.join()
+    assert len(rx.arrivals()) == n
+    return n / elapsed
+
+
+def plain_httpx(rx: ReceiverProcess, n: int) -> float:
+    """The ceiling: one httpx.Client posting the same bodies back to back."""
+    rx.reset()
+    bodies = [(e.id, e.to_json()) for e in events(n)]
+    with httpx.Client() as client:
+        start = time.perf_counter()
+        for key, body in bodies:
+            r = client.post(
+                rx.url,
+                content=body,
+                headers={"Content-Type": "application/json", "Idempotency-Key": key},
+            )
+            r.raise_for_status()
+        elapsed = time.perf_counter() - start
+    return n / elapsed
+
+
+def latency(rx: ReceiverProcess, rate: float, seconds: float) -> list[float]:
+    """push -> delivered, in ms, for events put into the spool at ``rate`` per second."""
+    rx.reset()
+    with tempfile.TemporaryDirectory() as d:
+        agent = Agent(settings(Path(d), rx.url, 1))
+        stop = threading.Event()
+        runner = threading.Thread(target=agent.run, args=(stop,))
+        runner.start()
+        agent.ready.wait()
+        assert agent.spool is not None
+        pushed: dict[str, float] = {}
+        next_at = time.monotonic()
+        for e in events(int(rate * seconds)):
+            next_at += 1 / rate
+            time.sleep(max(next_at - time.monotonic(), 0))
+            pushed[e.id] = time.monotonic()
+            agent.spool.put(e)
+        time.sleep(1)
+        stop.set()
+        runner.join()
+    arrived = rx.arrivals()
+    return [1000 * (arrived[i] - t) for i, t in pushed.items()]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--events", type=int, default=20_000)
+    p.add_argument("--rate", type=float, default=50)
+    p.add_argument("--seconds", type=float, default=10)
+    args = p.parse_args()
+    rx = ReceiverProcess()
+    try:
+        ceiling = plain_httpx(rx, args.events)
+        one = drain(rx, args.events, 1)
+        hundred = drain(rx, args.events, 100)
+        lat = sorted(latency(rx, args.rate, args.seconds))
+    finally:
+        rx.close()
+    p50, p99 = statistics.median(lat), lat[int(0.99 * (len(lat) - 1))]
+    print(f"\nHTTP benchmark: {args.events:,} events, receiver in its own process\n")
+    print(f"| {'what':<40} | {'value':>14} | {'ratio':>22} |")
+    print(f"|{'-' * 42}|{'-' * 16}|{'-' * 24}|")
+    print(f"| {'plain httpx POST loop (ceiling)':<40} | {ceiling:>10,.0f} ev/s | {'':>22} |")
+    print(
+        f"| {'relay drain, batch_max = 1':<40} | {one:>10,.0f} ev/s | "
+        f"{f'{one / ceiling:.2f}x ceiling (>= 0.7)':>22} |"
+    )
+    print(
+        f"| {'relay drain, batch_max = 100':<40} | {hundred:>10,.0f} ev/s | "
+        f"{f'{hundred / one:.1f}x batch 1 (>= 10)':>22} |"
+    )
+    print(f"| {f'push -> delivered p50 at {args.rate:g}/s':<40} | {p50:>11.2f} ms | {'':>22} |")
+    print(
+        f"| {f'push -> delivered p99 at {args.rate:g}/s':<40} | {p99:>11.2f} ms | "
+        f"{'(target < 20 ms)':>22} |"
+    )
+
+
+if __name__ == "__main__":
+    main()

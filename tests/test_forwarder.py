@@ -1,0 +1,221 @@
+"""The forwarder's step(now), driven with a fake clock and a recording fake sink: no sleeps."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from relay.backoff import Backoff
+from relay.errors import PermanentError, SendError, TransientError
+from relay.event import Event
+from relay.forwarder import Forwarder, Policy, Step
+from relay.spool import Spool
+
+
+class FakeSink:
+    """Records every batch; ``answer`` decides, per batch, what happens."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.answer: Callable[[list[int]], SendError | None] = lambda batch: None
+        self.closed = False
+
+    def send(self, events: Sequence[Event]) -> None:
+        batch = [e.payload for e in events]
+        self.batches.append(batch)
+        error = self.answer(batch)
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Wall:
+    def __init__(self) -> None:
+        self.t = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Iterator[Spool]:
+    with Spool.open(tmp_path, durability="memory") as s:
+        s.register_sinks(["fake"])
+        yield s
+
+
+def put(spool: Spool, *ns: int) -> None:
+    spool.put_many([Event.new(node="t", source="test", name="x", payload=n) for n in ns])
+
+
+def make(spool: Spool, sink: FakeSink, **policy: object) -> Forwarder:
+    pol = Policy(**{"backoff": Backoff(1.0, 2.0, 60.0), **policy})  # type: ignore[arg-type]
+    return Forwarder(sink, spool, pol, rng=random.Random(0), wall=Wall())
+
+
+def drain(f: Forwarder, now: float = 0.0, limit: int = 1000) -> list[Step]:
+    """Step until idle, jumping the fake clock to each scheduled retry."""
+    steps = []
+    for _ in range(limit):
+        step = f.step(now)
+        steps.append(step)
+        if step is Step.IDLE:
+            return steps
+        if step in (Step.RETRY, Step.WAIT):
+            now = f.next_attempt
+    raise AssertionError("did not go idle")
+
+
+def test_idle_when_empty(spool: Spool) -> None:
+    assert make(spool, FakeSink()).step(0) is Step.IDLE
+
+
+def test_sends_in_order_and_acks(spool: Spool) -> None:
+    put(spool, 1, 2, 3)
+    sink = FakeSink()
+    f = make(spool, sink)
+    assert drain(f) == [Step.SENT] * 3 + [Step.IDLE]
+    assert sink.batches == [[1], [2], [3]]
+    assert spool.stats().sinks[0].delivered == 3
+
+
+def test_transient_failure_retries_the_same_head_after_backoff(spool: Spool) -> None:
+    put(spool, 1, 2)
+    sink = FakeSink()
+    fails = iter([TransientError("HTTP 503"), TransientError("HTTP 503"), None, None])
+    sink.answer = lambda b: next(fails)
+    f = make(spool, sink)
+    assert f.step(0) is Step.RETRY
+    first_wait = f.next_attempt
+    assert 0 <= first_wait <= 1.0  # attempt 1: up to `initial`
+    assert f.step(first_wait - 0.001) is Step.WAIT  # not due: nothing sent
+    assert len(sink.batches) == 1
+    assert f.step(first_wait) is Step.RETRY
+    assert f.next_attempt - first_wait <= 2.0  # attempt 2: up to initial * factor
+    assert drain(f, f.next_attempt) == [Step.SENT, Step.SENT, Step.IDLE]
+    assert sink.batches == [[1], [1], [1], [2]]
+    assert spool.stats().sinks[0].attempts == 0
+
+
+def test_transient_retries_forever_without_max_age(spool: Spool) -> None:
+    put(spool, 1)
+    sink = FakeSink()
+    sink.answer = lambda b: TransientError("down")
+    f = make(spool, sink)
+    now = 0.0
+    for _ in range(200):
+        assert f.step(now) is Step.RETRY
+        assert f.next_attempt - now <= 60.0  # capped
+        now = f.next_attempt
+    assert spool.dead_letters() == []
+
+
+def test_retry_after_is_honoured(spool: Spool) -> None:
+    put(spool, 1)
+    sink = FakeSink()
+    sink.answer = lambda b: TransientError("HTTP 429", retry_after=7.0)
+    f = make(spool, sink)
+    f.step(100.0)
+    assert f.next_attempt >= 107.0
+
+
+def test_poison_event_is_dead_lettered_and_the_rest_flow(spool: Spool) -> None:
+    put(spool, 1, 2, 3)
+    sink = FakeSink()
+    sink.answer = lambda b: PermanentError("HTTP 400: bad field") if b == [2] else None
+    f = make(spool, sink, max_retries=2)
+    steps = drain(f)
+    assert steps.count(Step.RETRY) == 2 and steps.count(Step.DEAD) == 1
+    assert sink.batches == [[1], [2], [2], [2], [3]]
+    [dl] = spool.dead_letters()
+    assert dl.reason == "HTTP 400: bad field (refused 3 times)" and dl.attempts == 3
+
+
+def test_max_retries_zero_dead_letters_at_once(spool: Spool) -> None:
+    put(spool, 1)
+    sink = FakeSink()
+    sink.answer = lambda b: PermanentError("HTTP 422")
+    assert drain(make(spool, sink, max_retries=0)) == [Step.DEAD, Step.IDLE]
+
+
+def test_max_age_stops_transient_retries(spool: Spool) -> None:
+    put(spool, 1, 2)
+    sink = FakeSink()
+    sink.answer = lambda b: TransientError("HTTP 503") if b == [1] else None
+    f = make(spool, sink, max_age=3600.0)
+    wall = f._wall
+    assert isinstance(wall, Wall)
+    wall.t = spool.lease("fake").records[0].spooled_at + 10
+    assert f.step(0) is Step.RETRY
+    wall.t += 3600
+    assert f.step(f.next_attempt) is Step.DEAD
+    assert "max_age" in spool.dead_letters()[0].reason
+    assert f.step(f.next_attempt) is Step.SENT
+
+
+def test_batches_with_a_backlog(spool: Spool) -> None:
+    put(spool, *range(7))
+    sink = FakeSink()
+    assert drain(make(spool, sink, batch_max=3)) == [Step.SENT] * 3 + [Step.IDLE]
+    assert sink.batches == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+def test_refused_batch_is_split_to_find_the_poison(spool: Spool) -> None:
+    put(spool, *range(6))
+    sink = FakeSink()
+    sink.answer = lambda b: PermanentError("HTTP 400") if 2 in b else None
+    f = make(spool, sink, batch_max=4, max_retries=1)
+    drain(f)
+    assert [d.event_id for d in spool.dead_letters()] == [spool.dead_letters()[0].event_id]
+    assert Event.from_json(spool.dead_letters()[0].body).payload == 2
+    delivered = [n for b in sink.batches if 2 not in b for n in b]
+    assert delivered == [0, 1, 3, 4, 5]
+    assert sink.batches[0] == [0, 1, 2, 3]  # then one at a time up to 3, then batches again
+    assert sink.batches[-1] == [4, 5]
+
+
+def test_partial_delivery_acks_the_front(spool: Spool) -> None:
+    put(spool, *range(5))
+    sink = FakeSink()
+    answers = iter([TransientError("confirm lost", delivered=2), None])
+    sink.answer = lambda b: next(answers)
+    drain(make(spool, sink, batch_max=5))
+    assert sink.batches == [[0, 1, 2, 3, 4], [2, 3, 4]]
+
+
+def test_failure_state_is_kept_in_the_spool_for_status(spool: Spool) -> None:
+    put(spool, 1)
+    sink = FakeSink()
+    sink.answer = lambda b: TransientError("HTTP 503 from remote")
+    f = make(spool, sink)
+    f.step(0)
+    f.step(f.next_attempt)
+    [stats] = spool.stats().sinks
+    assert (stats.attempts, stats.last_error) == (2, "HTTP 503 from remote")
+
+
+def test_run_wakes_on_put_and_stops(spool: Spool) -> None:
+    sink = FakeSink()
+    f = make(spool, sink)
+    steps: list[Step] = []
+    real_step = f.step
+    f.step = lambda now: steps.append(real_step(now)) or steps[-1]  # type: ignore[method-assign]
+    f.start()
+    try:
+        done = threading.Event()
+        sink.answer = lambda b: done.set()  # type: ignore[func-returns-value]
+        put(spool, 1)
+        assert done.wait(5)
+    finally:
+        f.stop()
+    assert sink.closed
+    # Woken once by the put: no steps on a timer while idle.
+    assert steps.count(Step.IDLE) <= 3, steps
