@@ -6,9 +6,12 @@
     │   ├── SpoolFull        no room and ``when_full = "reject"``: push back on the producer
     │   └── SpoolClosed      the spool was closed while the call waited
     ├── AlreadyRunning       another agent holds the state directory
-    └── SendError            a sink could not deliver (raised by sinks, handled by forwarders)
-        ├── TransientError   retry later, forever (or until ``max_age``)
-        └── PermanentError   counts toward ``max_retries``, then the event is dead-lettered
+    ├── SendError            a sink could not deliver (raised by sinks, handled by forwarders)
+    │   ├── TransientError   retry later, forever (or until ``max_age``)
+    │   └── PermanentError   counts toward ``max_retries``, then the event is dead-lettered
+    └── DeviceError          a device command failed (outcome "failed"; never retried)
+        └── DeviceUnavailable  the device could not be reached before it took the command:
+                               reconnect and retry the same command, until its TTL
 
 Sinks translate their library's exceptions into exactly these two ``SendError`` kinds, once,
 in the adapter, chaining the cause; the forwarder never looks at an HTTP status or a pika
@@ -70,3 +73,11 @@ class TransientError(SendError):
 
 class PermanentError(SendError):
     """The far end refused this event; retrying the same bytes will not help."""
+
+
+class DeviceError(RelayError):
+    """The command reached the device, or may have: it is not run again."""
+
+
+class DeviceUnavailable(DeviceError):
+    """The device was not reached, so it did not take the command: safe to retry."""

@@ -9,11 +9,12 @@ import time
 from pathlib import Path
 
 from relay.errors import SpoolError
+from relay.spool import commands
 from relay.spool.model import Durability
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MIGRATIONS: dict[int, list[str]] = {
     # The statements that take user_version N to N + 1.
     0: [
@@ -52,6 +53,7 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
         "INSERT INTO meta VALUES ('bytes', 0), ('dropped', 0), ('sinks_seen', 0)",
     ],
+    1: commands.MIGRATION,
 }
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from relay.errors import SpoolClosed, SpoolError
-from relay.event import Event
-from relay.spool import file
+from relay.event import Command, Event
+from relay.spool import commands, file
 from relay.spool.model import (
     DeadLetter,
     Done,
@@ -95,6 +95,10 @@ class Spool:
         self._submit_lock = threading.Lock()  # orders submissions against close()
         self._changed = threading.Condition()
         self._version = 0
+        # Commands have a wake-up of their own: the executor must not wake for every event.
+        self._commands_changed = threading.Condition()
+        self._commands_version = 0
+        self._listeners: dict[object, Callable[[], None]] = {}  # replaced, never mutated
         self._last_drop_log = float("-inf")
         self._writer = threading.Thread(target=self._write_loop, name="spool-writer", daemon=True)
         self._writer.start()
@@ -138,8 +142,9 @@ class Spool:
                 return
             self._closed = True
             self._ops.put(_STOP)
-        with self._changed:
-            self._changed.notify_all()
+        for cond in (self._changed, self._commands_changed):
+            with cond:
+                cond.notify_all()
         self._writer.join()
         with self._rlock:
             self._rconn.close()
@@ -174,6 +179,18 @@ class Spool:
         spool's blocking methods: it runs on the thread that would serve them.
         """
         self._submit(_Op(lambda t: t.insert(events), done))
+
+    def reject_async(self, sink: str, event: Event, reason: str, done: Done) -> None:
+        """Store ``event`` straight into ``sink``'s dead letters, with ``reason``.
+
+        For input refused at the door (a message too large, a topic that is not UTF-8):
+        kept where ``relay dlq list`` shows it, never forwarded. ``done`` as for put_async.
+        """
+        self._submit(_Op(lambda t: t.reject(sink, event, reason), done))
+
+    def sync(self) -> None:
+        """Return once every write queued before this call is committed and reported."""
+        self._call(lambda t: None)
 
     # ---------------------------------------------------------------- sinks
 
@@ -243,6 +260,48 @@ class Spool:
         """Move ``sink``'s head ``seq`` to its dead letters with ``reason``, and go past it."""
         self._call(lambda t: t.dead_letter(sink, seq, reason))
 
+    # ---------------------------------------------------------------- device commands
+
+    def record_command(self, cmd: Command) -> bool:
+        """Queue a device command once committed; False if its id was seen before."""
+        return self._call(lambda t: commands.record(t, cmd))
+
+    def record_command_async(
+        self, cmd: Command, done: Callable[[bool | None, SpoolError | None], None]
+    ) -> None:
+        """As :meth:`record_command`, reporting ``done(recorded, error)`` after the commit
+        (on the writer thread: ``done`` must be quick and must not call the spool)."""
+        op: _Op[bool] = _Op(lambda t: commands.record(t, cmd), lambda e: done(op.result, e))
+        self._submit(op)
+
+    def start_command(self, command_id: str) -> None:
+        """Mark it running, committed: from now on a crash makes it ``interrupted``."""
+        self._call(lambda t: commands.start(t, command_id))
+
+    def finish_command(
+        self, command_id: str, status: str, error: str | None, outcome: Event
+    ) -> None:
+        """Mark it done and store its outcome event, in one commit."""
+        self._call(lambda t: commands.finish(t, command_id, status, error, outcome))
+
+    def running_commands(self) -> list[Command]:
+        """Commands that were running when the previous agent stopped (or died)."""
+        with self._rlock:
+            self._check_open()
+            return commands.running(self._rconn)
+
+    def next_command(self) -> Command | None:
+        """The oldest queued command, if any."""
+        with self._rlock:
+            self._check_open()
+            return commands.next_queued(self._rconn)
+
+    def command_state(self, command_id: str) -> tuple[str, str | None, str | None] | None:
+        """(state, status, error) of a command, None if this spool never saw it."""
+        with self._rlock:
+            self._check_open()
+            return commands.state(self._rconn, command_id)
+
     # ---------------------------------------------------------------- dead letters
 
     def dead_letters(self, sink: str | None = None, ids: Sequence[str] = ()) -> list[DeadLetter]:
@@ -278,11 +337,51 @@ class Spool:
             self._changed.wait_for(lambda: self._version != version or self._closed, timeout)
             return self._version
 
+    def wait_for_command(self, version: int, timeout: float | None) -> int:
+        """As :meth:`wait_for_change`, for newly recorded commands only."""
+        with self._commands_changed:
+            self._commands_changed.wait_for(
+                lambda: self._commands_version != version or self._closed, timeout
+            )
+            return self._commands_version
+
+    @property
+    def commands_version(self) -> int:
+        with self._commands_changed:
+            return self._commands_version
+
+    def _notify_commands(self) -> None:
+        with self._commands_changed:
+            self._commands_version += 1
+            self._commands_changed.notify_all()
+
     def notify(self) -> None:
         """Wake everything waiting for work (say, another process wrote to the file)."""
+        self._notify_commands()
         with self._changed:
             self._version += 1
             self._changed.notify_all()
+            listeners = self._listeners
+        for callback in listeners.values():  # outside the lock: a callback may read version
+            callback()
+
+    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` after every change of :attr:`version`, until the returned
+        function is called (which unsubscribes; calling it again does nothing).
+
+        For waiters that cannot block in :meth:`wait_for_change` (a sink whose connection
+        needs its thread). ``callback`` runs on the notifying thread (often the writer's),
+        outside the spool's locks: it must be quick and must not block or call the spool.
+        """
+        key = object()
+        with self._changed:
+            self._listeners = {**self._listeners, key: callback}
+
+        def unsubscribe() -> None:
+            with self._changed:
+                self._listeners = {k: v for k, v in self._listeners.items() if k is not key}
+
+        return unsubscribe
 
     def stats(self) -> SpoolStats:
         with self._rlock:
@@ -397,6 +496,8 @@ class Spool:
                 self._log_drops(txn.dropped)
             if txn.wakes:
                 self.notify()
+            elif txn.commands_added:
+                self._notify_commands()
 
     def _log_drops(self, dropped: int) -> None:
         if time.monotonic() - self._last_drop_log > 60:  # a storm of drops is one line a minute

@@ -33,6 +33,7 @@ class Txn:
         self.when_full = when_full
         self.now = now
         self.wakes = False  # whether the batch added work for the sinks
+        self.commands_added = False  # whether it recorded a device command
         self.dropped = 0
         self._used: int | None = None  # the byte count, read when first needed
         self._trim_due = False  # something moved a cursor or freed rows
@@ -69,13 +70,14 @@ class Txn:
 
     # ------------------------------------------------------------ producers
 
-    def insert(self, events: Sequence[Event]) -> None:
+    def insert(self, events: Sequence[Event], *, force: bool = False) -> None:
+        """Queue events for every sink. ``force``: past the size cap (command outcomes)."""
         rows = [(e.id, e.to_json(), self.now) for e in events]
         need = sum(len(body) + ROW_OVERHEAD for _, body, _ in rows)
-        if self.used + need > self.max_bytes:
+        if self.used + need > self.max_bytes and not force:
             self.flush()
             self.trim(force=True)  # delivered rows still waiting for a batch delete
-        if self.used + need > self.max_bytes:
+        if self.used + need > self.max_bytes and not force:
             if self.when_full == "reject" or need > self.max_bytes:
                 raise SpoolFull(
                     f"spool full ({self.used:,} of {self.max_bytes:,} bytes, when_full = "
@@ -110,6 +112,21 @@ class Txn:
             freed, dropped = freed + row[2], dropped + 1
         self.used -= freed
         self.dropped += dropped
+
+    def reject(self, sink: str, event: Event, reason: str) -> None:
+        body, reason = event.to_json(), reason[:1000]
+        need = len(body) + len(reason) + ROW_OVERHEAD
+        if self.used + need > self.max_bytes:
+            raise SpoolFull(f"spool full ({self.used:,} of {self.max_bytes:,} bytes)")
+        self.flush()
+        seq = self.c.execute(
+            "SELECT coalesce(max(seq), 0) + 1 FROM dead_letters WHERE sink=?", (sink,)
+        ).fetchone()[0]
+        self.c.execute(
+            "INSERT INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (sink, seq, event.id, body, reason, 1, self.now),
+        )
+        self.used += need
 
     # ------------------------------------------------------------ sinks
 
