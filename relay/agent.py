@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from relay.backoff import Backoff
-from relay.config import AmqpSinkConfig, HttpSinkConfig, Settings, SinkConfig
+from relay.config import (
+    AmqpSinkConfig,
+    HttpSinkConfig,
+    MqttSourceConfig,
+    Settings,
+    SinkConfig,
+)
 from relay.doorbell import Doorbell
 from relay.errors import AlreadyRunning, SpoolError
 from relay.forwarder import Forwarder, Policy
@@ -82,6 +88,14 @@ class Agent:
         components: list[Component] = []
         for cfg in self.settings.sinks:
             components.append(Forwarder(build_sink(cfg), self.spool, policy(cfg)))
+        # Sources last, so that they stop first: nothing new comes in while sinks finish.
+        mqtt_sources = [s for s in self.settings.sources if isinstance(s, MqttSourceConfig)]
+        if mqtt_sources:
+            from relay.sources.mqtt import MqttSource
+
+            components.append(
+                MqttSource(self.settings.mqtt, mqtt_sources, self.spool, node=self.settings.node)
+            )
         return components
 
     def run(self, stop: threading.Event) -> None:
@@ -153,5 +167,7 @@ def build_sink(cfg: SinkConfig) -> Sink:
 
         return HttpSink(cfg)
     if isinstance(cfg, AmqpSinkConfig):
-        raise NotImplementedError("the AMQP sink arrives with issue 4/9")
+        from relay.sinks.amqp import AmqpSink
+
+        return AmqpSink(cfg)
     raise AssertionError(f"unknown sink type {cfg!r}")

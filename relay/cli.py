@@ -103,6 +103,10 @@ def _run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         Agent(settings).run(stop)
+    except ConfigError as exc:  # found only while building (say, a TLS file pika cannot load)
+        for line in exc.problems:
+            log.critical("%s", line)
+        return EX_CONFIG
     except RelayError as exc:
         log.critical("%s", exc)
         return EX_FAIL

@@ -135,6 +135,7 @@ class MqttConfig(Section):
     key_file: OptionalPath = None
     protocol: Literal["3.1.1", "5"] = "3.1.1"
     keepalive_s: int = Field(30, ge=5, le=3600)
+    status_topic: str = ""  # default "relay/<node>/status": retained "online" / "offline"
     session_expiry: Duration = timedelta(days=1)
 
     @model_validator(mode="before")
@@ -207,6 +208,7 @@ class AmqpSinkConfig(SinkBase):
     ca_file: OptionalPath = None
     window: int = Field(100, ge=1, le=10_000)
     heartbeat_s: int = Field(30, ge=0, le=600)
+    timeout_s: float = Field(30.0, gt=0)
 
     @field_validator("url")
     @classmethod
@@ -214,10 +216,38 @@ class AmqpSinkConfig(SinkBase):
         _check_url(url.get_secret_value(), ("amqp", "amqps"))
         return url
 
+    @model_validator(mode="before")
+    @classmethod
+    def _load_password(cls, data: Any) -> Any:
+        """``password_file``'s content replaces the password in ``url`` (percent-encoded)."""
+        from urllib.parse import quote  # here, so that this change stays inside the class
+
+        if not (isinstance(data, dict) and data.get("password_file")):
+            return data
+        password = _read_secret(Path(data["password_file"]), "password_file")
+        url = data.get("url")
+        if isinstance(url, SecretStr):
+            url = url.get_secret_value()
+        if not isinstance(url, str):
+            return data  # the url's own validation reports what is wrong with it
+        parts = urlsplit(url)
+        userinfo, at, hostport = parts.netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        if not at or not user:
+            raise ValueError("password_file needs a user name in url (amqp://USER@host/)")
+        netloc = f"{user}:{quote(password, safe='')}@{hostport}"
+        return {**data, "url": urlunsplit(parts._replace(netloc=netloc))}
+
     @model_validator(mode="after")
     def _routable(self) -> AmqpSinkConfig:
         if not (self.exchange or self.routing_key or self.queue):
             raise ValueError("set queue, or exchange and routing_key: events need a destination")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_with_amqps(self) -> AmqpSinkConfig:
+        if self.ca_file and urlsplit(self.url.get_secret_value()).scheme != "amqps":
+            raise ValueError("ca_file is for amqps:// urls (TLS); this url is amqp://")
         return self
 
 

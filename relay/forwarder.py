@@ -3,7 +3,8 @@ retry, or dead-letter. Concurrency 1, so events reach each sink in spool order.
 
 ``step(now)`` does one unit of work and says what happened; tests drive it with a fake clock.
 ``run()`` only loops: it sleeps until new work arrives (the spool wakes it) or the next retry
-is due, and never polls on a tick.
+is due, and never polls on a tick. A sink whose connection needs its thread while idle (pika's
+heartbeats) does that sleeping itself: see :class:`WaitingSink`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 from relay.backoff import Backoff
 from relay.errors import PermanentError, SendError, TransientError
@@ -30,6 +32,23 @@ class Step(enum.Enum):
     DEAD = "dead"  # the head was dead-lettered
     WAIT = "wait"  # a retry is scheduled and not due yet
     IDLE = "idle"  # nothing to send
+
+
+@runtime_checkable
+class WaitingSink(Protocol):
+    """Optional sink methods, for a sink whose connection must be serviced by its own thread
+    even while there is nothing to send (pika: heartbeats, a broker's close, blocked/unblocked).
+
+    The forwarder then sleeps in ``wait`` instead of on the spool or its stop event.
+    """
+
+    def wait(self, timeout: float | None) -> None:
+        """Block until ``timeout`` seconds (None: no limit) have passed or :meth:`wake` is
+        called; a wake that came while nobody waited makes the next ``wait`` return at once.
+        May return early for no reason: callers re-check what they wait for."""
+
+    def wake(self) -> None:
+        """Make the current or next :meth:`wait` return. Thread-safe, quick, never blocks."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +87,7 @@ class Forwarder:
         self._acked = 0  # the last seq acked; its commit may still be on its way
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._waiter = sink if isinstance(sink, WaitingSink) else None
 
     # ---------------------------------------------------------------- one step
 
@@ -144,6 +164,8 @@ class Forwarder:
         """Stop after the send in progress (if any) has finished or failed."""
         self._stop.set()
         self.spool.notify()
+        if self._waiter is not None:
+            self._waiter.wake()
         if self._thread is not None:
             self._thread.join()
         self.sink.close()
@@ -162,10 +184,33 @@ class Forwarder:
                 errors += 1
                 delay = self.policy.backoff.delay(errors, self._rng)
                 log.exception("sink %s: forwarder error; retrying in %.1fs", self.name, delay)
-                self._stop.wait(delay)
+                self._sleep(delay)
                 continue
             self.last_progress = self._clock()
             if step is Step.IDLE:
-                self.spool.wait_for_change(version, None)
+                self._idle(version)
             elif step is Step.WAIT or step is Step.RETRY:
-                self._stop.wait(max(self.next_attempt - self._clock(), 0.0))
+                self._sleep(max(self.next_attempt - self._clock(), 0.0))
+
+    def _idle(self, version: int) -> None:
+        """Sleep until the spool changes after ``version`` (new work), or stop."""
+        if self._waiter is None:
+            self.spool.wait_for_change(version, None)
+            return
+        unsubscribe = self.spool.on_change(self._waiter.wake)
+        try:
+            # A change between the lease and the subscription called no wake(): look
+            # before sleeping, or that event would wait for the next one.
+            if self.spool.version == version and not self._stop.is_set():
+                self._waiter.wait(None)
+        finally:
+            unsubscribe()
+
+    def _sleep(self, delay: float) -> None:
+        """Sleep ``delay`` seconds, or less if stopped. Spool changes do not end it."""
+        if self._waiter is None:
+            self._stop.wait(delay)
+            return
+        deadline = self._clock() + delay
+        while not self._stop.is_set() and (left := deadline - self._clock()) > 0:
+            self._waiter.wait(left)

@@ -1,0 +1,330 @@
+"""The MQTT source: at-least-once from the broker into the spool, on paho-mqtt 2.x.
+
+One paho client per broker connection, owned by its network thread. Each message becomes an
+event put in the spool without waiting; the PUBACK is sent from the spool's commit callback,
+so the broker forgets a message only once it is on disk (paho's ``manual_ack``). The session
+is persistent (stable client id, ``clean_session=False`` / ``clean_start=False``), so what
+arrives while relay is away waits at the broker.
+
+paho's own ``loop_forever`` wakes every second and reconnects without jitter; this module
+runs the network loop itself: it sleeps until traffic or the next keepalive ping is due, and
+reconnects with relay's backoff with full jitter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from relay.backoff import Backoff
+from relay.config import MqttConfig, MqttSourceConfig
+from relay.errors import SpoolError
+from relay.event import Event, decode_payload
+from relay.spool import Spool
+
+log = logging.getLogger(__name__)
+
+REJECTS = "@ingest"  # where refused messages are dead-lettered (not a valid sink name)
+RECONNECT = Backoff(initial=1.0, factor=2.0, cap=60.0)
+
+Handler = Callable[[mqtt.MQTTMessage, Callable[[], None]], None]
+
+
+def _write_wanted(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """paho's external-loop hook; the socket pair has already woken the network thread."""
+
+
+class MqttSource:
+    """Subscribes to the configured topic filters and spools every message as an event."""
+
+    name = "mqtt"
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        sources: list[MqttSourceConfig],
+        spool: Spool,
+        *,
+        node: str,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.node = node
+        self.spool = spool
+        self.status_topic = cfg.status_topic or f"relay/{node}/status"
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()  # the broker confirmed our subscriptions once
+        self.last_error: str | None = None
+        self._filters = [(topic, s.qos, s.max_payload) for s in sources for topic in s.topics]
+        self._rng = rng or random.Random()
+        self._stop = threading.Event()
+        self._subscribed = False  # this process has subscribed once (session may keep it)
+        self._refusing = False  # a put failed: ack nothing more on this connection
+        self.connected_once = False  # the current connection got a CONNACK
+        self._client = self._make_client()
+        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
+
+    # ---------------------------------------------------------------- the client
+
+    def _make_client(self) -> mqtt.Client:
+        v5 = self.cfg.protocol == "5"
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.cfg.client_id or f"relay-{self.node}",
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+            # MQTT 3.1.1: keep our subscriptions and unacked messages while we are away.
+            clean_session=None if v5 else False,
+            manual_ack=True,  # PUBACK only after the spool commit
+        )
+        if self.cfg.username:
+            password = self.cfg.password.get_secret_value() if self.cfg.password else None
+            client.username_pw_set(self.cfg.username, password)
+        if self.cfg.tls:
+            client.tls_set_context(self._tls_context())
+        client.will_set(self.status_topic, "offline", qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        # Without loop_start(), paho writes a queued packet (our PUBACKs, sent from the spool
+        # writer's thread) to the socket right there, racing the network thread's own writes
+        # and corrupting the stream. With a socket-write callback registered it only queues
+        # the packet and wakes our select() through its socket pair, and this thread writes.
+        client.on_socket_register_write = _write_wanted
+        return client
+
+    def _tls_context(self) -> ssl.SSLContext:
+        cafile = str(self.cfg.ca_file) if self.cfg.ca_file else None
+        ctx = ssl.create_default_context(cafile=cafile)
+        if self.cfg.cert_file:
+            key = str(self.cfg.key_file) if self.cfg.key_file else None
+            ctx.load_cert_chain(str(self.cfg.cert_file), key)
+        return ctx
+
+    # ---------------------------------------------------------------- the thread
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Say "offline", disconnect (the session stays at the broker) and join."""
+        # Let the commits in flight finish first, so their PUBACKs go out before DISCONNECT
+        # and a clean restart does not receive them again.
+        self.spool.sync()
+        self._stop.set()
+        if self.connected.is_set():
+            self._client.publish(self.status_topic, "offline", qos=1, retain=True)
+        self._client.disconnect()  # wakes the network loop through paho's socket pair
+        self._thread.join()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        failures = 0  # connections in a row that failed or were handed back
+        while not self._stop.is_set():
+            try:
+                self._connect()
+            except (OSError, ssl.SSLError) as exc:
+                failures += 1
+                self._pause(f"cannot connect to {self._where}: {exc}", failures)
+                continue
+            self._serve()
+            if self._stop.is_set():
+                return
+            lost_link = self.connected_once and not self._refusing
+            failures = 1 if lost_link else failures + 1
+            self._pause(self.last_error or "connection lost", failures)
+
+    @property
+    def _where(self) -> str:
+        return f"{self.cfg.host}:{self.cfg.port}"
+
+    def _connect(self) -> None:
+        self._refusing = False
+        self.connected_once = False
+        props = None
+        if self.cfg.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = int(self.cfg.session_expiry.total_seconds())
+        # clean_start applies to MQTT 5 only; 3.1.1 got clean_session=False in the client.
+        self._client.connect(
+            self.cfg.host,
+            self.cfg.port,
+            self.cfg.keepalive_s,
+            clean_start=False if props else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=props,
+        )
+
+    def _serve(self) -> None:
+        """Run paho's network loop until the connection ends."""
+        # Wake for traffic (and acks from other threads, through paho's socket pair), else
+        # often enough to send the keepalive ping in time; never on a one-second tick.
+        tick = self.cfg.keepalive_s / 2
+        while not self._stop.is_set():
+            rc = self._client.loop(timeout=tick)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return
+
+    def _pause(self, error: str, attempt: int) -> None:
+        delay = RECONNECT.delay(attempt, self._rng)
+        if error != self.last_error or attempt == 1:
+            log.warning("mqtt: %s; reconnecting in %.1fs", error, delay)
+        self.last_error = error
+        self._stop.wait(delay)
+
+    # ---------------------------------------------------------------- callbacks (network thread)
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            self.last_error = f"broker refused the connection: {reason}"
+            return
+        # paho calls this after every reconnect. With our session still at the broker, our
+        # subscriptions are too: subscribing again would make it resend retained messages.
+        if not (flags.session_present and self._subscribed):
+            self._subscribe(client)
+        client.publish(self.status_topic, "online", qos=1, retain=True)
+        self.connected.set()
+        self.connected_once = True
+        log.info(
+            "mqtt: connected to %s (session %s)",
+            self._where,
+            "resumed" if flags.session_present else "new",
+        )
+        self.last_error = None
+
+    def _subscribe(self, client: mqtt.Client) -> None:
+        if not self._filters:
+            return
+        if self.cfg.protocol == "5":
+            # Retain handling 1: retained messages only for a subscription that is new.
+            topics = [(t, SubscribeOptions(qos=q, retainHandling=1)) for t, q, _ in self._filters]
+            client.subscribe(topics)
+        else:
+            client.subscribe([(t, int(q)) for t, q, _ in self._filters])
+        self._subscribed = True
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        refused = [str(r) for r in reasons if r.is_failure]
+        if refused:
+            log.error("mqtt: the broker refused a subscription: %s", ", ".join(refused))
+        else:
+            log.info("mqtt: subscribed to %s", ", ".join(t for t, _, _ in self._filters))
+        self.subscribed.set()
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self.connected.clear()
+        if not self._stop.is_set() and not self._refusing:  # else last_error says why
+            self.last_error = f"disconnected from {self._where}: {reason}"
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        # An exception here would end paho's loop (and, before 1.5.1, vanish): never let one out.
+        try:
+            self._ingest(msg)
+        except Exception:
+            log.exception("mqtt: could not handle a message on %r", msg._topic)
+
+    # ---------------------------------------------------------------- ingest
+
+    def _ingest(self, msg: mqtt.MQTTMessage) -> None:
+        ack = self._acker(msg)
+        try:
+            # paho decodes the topic on access; the raw bytes have no public accessor.
+            topic = msg._topic.decode("utf-8")
+        except UnicodeDecodeError:
+            self._reject(msg, msg._topic.hex(), "topic is not UTF-8", ack)
+            return
+        limit = self._limit(topic)
+        if len(msg.payload) > limit:
+            self._reject(
+                msg, topic, f"payload of {len(msg.payload)} bytes over max_payload ({limit})", ack
+            )
+            return
+        event = Event.new(
+            node=self.node, source="mqtt", name=topic, payload=decode_payload(bytes(msg.payload))
+        )
+        self.spool.put_async([event], lambda error: self._stored(error, ack))
+
+    def _limit(self, topic: str) -> int:
+        limits = {int(limit) for _, _, limit in self._filters}
+        if len(limits) == 1:  # the common case; topic_matches_sub() costs 10 us a call
+            return limits.pop()
+        for pattern, _, limit in self._filters:
+            if mqtt.topic_matches_sub(pattern, topic):
+                return int(limit)
+        return max(limits)
+
+    def _reject(
+        self, msg: mqtt.MQTTMessage, name: str, reason: str, ack: Callable[[], None]
+    ) -> None:
+        """Dead-letter the message's metadata (never the payload), then ack it."""
+        detail = {
+            "rejected": reason,
+            "size": len(msg.payload),
+            "sha256": hashlib.sha256(msg.payload).hexdigest(),
+            "qos": msg.qos,
+        }
+        event = Event.new(node=self.node, source="mqtt", name=name[:1024], payload=detail)
+        log.warning("mqtt: message on %r dead-lettered: %s", name[:200], reason)
+        self.spool.reject_async(REJECTS, event, reason, lambda error: self._stored(error, ack))
+
+    def _acker(self, msg: mqtt.MQTTMessage) -> Callable[[], None]:
+        client, mid, qos = self._client, msg.mid, msg.qos
+
+        def ack() -> None:
+            if qos:  # paho's ack() is thread-safe: it queues the PUBACK and wakes the loop
+                client.ack(mid, qos)
+
+        return ack
+
+    def _stored(self, error: SpoolError | None, ack: Callable[[], None]) -> None:
+        """The spool's commit callback (writer thread): ack, or give the message back."""
+        if error is None and not self._refusing:
+            ack()
+            return
+        if error is None:
+            return  # stored, but an earlier message was not: let the broker resend both
+        if not self._refusing:
+            self._refusing = True
+            log.warning(
+                "mqtt: not acknowledging the broker (%s); it keeps the messages and "
+                "sends them again after we reconnect",
+                error,
+            )
+            self.last_error = str(error)
+            # Disconnecting hands the unacked messages back: MQTT resends them only on a new
+            # connection. Non-blocking; the network thread then reconnects after a backoff.
+            self._client.disconnect()

@@ -1,0 +1,341 @@
+"""The MQTT source against a real Mosquitto: the shared one on 1883, and private instances on
+free ports where a test stops, restarts or floods the broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from relay.agent import Agent
+from relay.config import MqttConfig, MqttSourceConfig
+from relay.sources.mqtt import REJECTS, MqttSource
+from relay.spool import Spool
+from tests.helpers.agent import running_agent, wait_for
+from tests.helpers.brokers import PrivateMosquitto
+from tests.helpers.common import RELAY, need_service
+from tests.helpers.http_server import RemoteServer, Reply
+from tests.helpers.mqtt import Publisher, spooled, unique
+
+
+@pytest.fixture
+def broker() -> tuple[str, int]:
+    need_service("Mosquitto", 1883)
+    return "127.0.0.1", 1883
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[PrivateMosquitto]:
+    with PrivateMosquitto(tmp_path / "mosquitto", extra="max_queued_messages 100000\n") as b:
+        yield b
+
+
+def mqtt_config(port: int, topic: str, client_id: str, extra: str = "", source: str = "") -> str:
+    return (
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nclient_id = "{client_id}"\n'
+        f"keepalive_s = 10\n{extra}"
+        f'[[sources]]\ntype = "mqtt"\ntopics = ["{topic}/#"]\nqos = 1\n{source}'
+    )
+
+
+def subscribed(agent: Agent) -> None:
+    """Wait until the broker confirmed the source's subscriptions: what is published
+    before that has no subscriber to be queued for."""
+    source = agent.components[-1]
+    assert isinstance(source, MqttSource)
+    wait_for(source.subscribed.is_set, 10, "the subscription")
+
+
+def numbers(state_dir: Path, topic: str) -> list[int]:
+    return [e["payload"]["n"] for e in spooled(state_dir) if e["name"].startswith(topic)]
+
+
+def publish_numbered(pub: Publisher, topic: str, ns: range, pause: float = 0.0) -> list[int]:
+    mids = []
+    for n in ns:
+        mids.append(pub.publish(f"{topic}/seq", json.dumps({"n": n})))
+        if pause:
+            time.sleep(pause)
+    return mids
+
+
+def test_2000_messages_all_spooled_once_in_order(
+    broker: tuple[str, int], write_config: Callable[..., Path], state_dir: Path
+) -> None:
+    topic, cid = unique("relaytest/"), unique("relay-test-")
+    cfg = write_config(mqtt_config(broker[1], topic, cid))
+    with running_agent(cfg) as agent, Publisher(*broker) as pub:
+        subscribed(agent)
+        # Paced: the shared Mosquitto keeps at most 1000 messages queued for a subscriber
+        # (max_queued_messages) and silently drops the rest when a burst outruns it.
+        pub.wait(publish_numbered(pub, topic, range(2000), pause=0.0005))
+        try:
+            wait_for(lambda: len(numbers(state_dir, topic)) >= 2000, 30, "2000 events")
+        except AssertionError:
+            got = numbers(state_dir, topic)
+            missing = sorted(set(range(2000)) - set(got))
+            raise AssertionError(f"{len(got)} spooled, missing {missing[:10]}...") from None
+    assert numbers(state_dir, topic) == list(range(2000))
+    event = spooled(state_dir)[0]
+    assert (event["source"], event["name"], event["node"]) == ("mqtt", f"{topic}/seq", "test-node")
+    # Every message was acknowledged: a restart with the same session receives nothing again.
+    with running_agent(cfg):
+        time.sleep(1.0)
+    assert numbers(state_dir, topic) == list(range(2000))
+
+
+def test_messages_sent_while_stopped_arrive_after_start(
+    broker: tuple[str, int], write_config: Callable[..., Path], state_dir: Path
+) -> None:
+    topic, cid = unique("relaytest/"), unique("relay-test-")
+    cfg = write_config(mqtt_config(broker[1], topic, cid))
+    with running_agent(cfg) as agent:
+        subscribed(agent)
+    with Publisher(*broker) as pub:
+        pub.wait(publish_numbered(pub, topic, range(500)))
+    with running_agent(cfg):
+        wait_for(lambda: len(numbers(state_dir, topic)) >= 500, 20, "the 500 queued messages")
+    assert numbers(state_dir, topic) == list(range(500))
+
+
+def test_mqtt5_session_keeps_messages_while_stopped(
+    broker: tuple[str, int], write_config: Callable[..., Path], state_dir: Path
+) -> None:
+    topic, cid = unique("relaytest/"), unique("relay-test-")
+    cfg = write_config(
+        mqtt_config(broker[1], topic, cid, 'protocol = "5"\nsession_expiry = "1h"\n')
+    )
+    with running_agent(cfg) as agent:
+        subscribed(agent)
+    with Publisher(*broker) as pub:
+        pub.wait(publish_numbered(pub, topic, range(50)))
+    with running_agent(cfg):
+        wait_for(lambda: len(numbers(state_dir, topic)) >= 50, 20)
+    assert numbers(state_dir, topic) == list(range(50))
+
+
+def test_availability_topic_online_then_offline(
+    broker: tuple[str, int], write_config: Callable[..., Path]
+) -> None:
+    topic, cid = unique("relaytest/"), unique("relay-test-")
+    status = f"relay/{unique('node-')}/status"
+    cfg = write_config(mqtt_config(broker[1], topic, cid, f'status_topic = "{status}"\n'))
+    seen: list[tuple[bytes, bool]] = []
+    watcher = mqtt.Client(CallbackAPIVersion.VERSION2)
+    watcher.on_message = lambda c, u, m: seen.append((m.payload, m.retain))
+    watcher.connect(*broker)
+    watcher.subscribe(status, qos=1)
+    watcher.loop_start()
+    try:
+        with running_agent(cfg):
+            wait_for(lambda: any(p == b"online" for p, _ in seen), 10, "online")
+        wait_for(lambda: seen[-1][0] == b"offline", 10, "offline")
+    finally:
+        watcher.loop_stop()
+        watcher.disconnect()
+    # A newcomer gets the retained state.
+    late: list[bytes] = []
+    other = mqtt.Client(CallbackAPIVersion.VERSION2)
+    other.on_message = lambda c, u, m: late.append(m.payload)
+    other.connect(*broker)
+    other.subscribe(status)
+    other.loop_start()
+    try:
+        wait_for(lambda: late == [b"offline"], 5, "the retained status")
+    finally:
+        other.loop_stop()
+        other.publish(status, b"", retain=True)  # clean up the retained message
+        other.disconnect()
+
+
+def _agent_proc(
+    cfg: Path, env: dict[str, str], until: str = "relay started"
+) -> subprocess.Popen[str]:
+    """`relay run` as a subprocess, once its stderr has shown ``until``."""
+    proc = subprocess.Popen(
+        [*RELAY, "run", "--config", str(cfg)], stderr=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if until in line:
+            break
+    threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep draining it
+    return proc
+
+
+@pytest.mark.slow
+def test_kill_9_while_publishing_loses_nothing(
+    private_broker: PrivateMosquitto,
+    write_config: Callable[..., Path],
+    state_dir: Path,
+    relay_env: dict[str, str],
+) -> None:
+    topic, cid = unique("relaytest/"), unique("relay-test-")
+    cfg = write_config(mqtt_config(private_broker.port, topic, cid))
+    total, rng = 5000, random.Random()
+    proc = _agent_proc(cfg, relay_env, until="mqtt: subscribed")
+    with Publisher(private_broker.host, private_broker.port) as pub:
+        mids: list[int] = []
+        publisher = threading.Thread(
+            target=lambda: [
+                mids.append(pub.publish(f"{topic}/seq", json.dumps({"n": n}))) or time.sleep(0.0015)
+                for n in range(total)
+            ]
+        )
+        publisher.start()
+        try:
+            for _ in range(5):
+                time.sleep(rng.uniform(0.3, 1.2))
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                proc.stderr.close()  # type: ignore[union-attr]
+                proc = _agent_proc(cfg, relay_env)
+            publisher.join()
+            pub.wait(mids)
+            wait_for(lambda: len(set(numbers(state_dir, topic))) == total, 60, "every message")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+            if proc.stderr:
+                proc.stderr.close()
+    got = numbers(state_dir, topic)
+    first_seen = list(dict.fromkeys(got))
+    assert sorted(first_seen) == list(range(total)), "a message was lost"
+    assert first_seen == list(range(total)), "order by first arrival broken"
+    print(f"5 kills in a stream of {total}: {len(got) - total} duplicates (unacked at a kill)")
+
+
+@pytest.mark.slow
+def test_broker_restart_mid_stream(
+    private_broker: PrivateMosquitto, write_config: Callable[..., Path], state_dir: Path
+) -> None:
+    topic, cid = unique("relaytest/"), unique("relay-test-")
+    cfg = write_config(mqtt_config(private_broker.port, topic, cid))
+    with running_agent(cfg) as agent:
+        source = agent.components[-1]
+        subscribed(agent)
+        with Publisher(private_broker.host, private_broker.port) as pub:
+            pub.wait(publish_numbered(pub, topic, range(1000)))
+        private_broker.restart()  # SIGTERM: mosquitto saves its persistence file first
+        with Publisher(private_broker.host, private_broker.port) as pub:
+            pub.wait(publish_numbered(pub, topic, range(1000, 2000)))
+        wait_for(lambda: len(set(numbers(state_dir, topic))) >= 2000, 60, "ingest to resume")
+        assert source.connected.is_set()  # type: ignore[attr-defined]
+    got = list(dict.fromkeys(numbers(state_dir, topic)))
+    assert got == list(range(2000))
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+
+
+def test_bad_payloads_do_not_hurt(
+    broker: tuple[str, int],
+    write_config: Callable[..., Path],
+    state_dir: Path,
+    relay_env: dict[str, str],
+) -> None:
+    topic, cid = unique("relaytest/"), unique("relay-test-")
+    cfg = write_config(mqtt_config(broker[1], topic, cid))
+    proc = _agent_proc(cfg, relay_env, until="mqtt: subscribed")
+    try:
+        with Publisher(*broker) as pub:
+            pub.wait([pub.publish(f"{topic}/warmup", b"{}")])
+            wait_for(lambda: len(spooled(state_dir)) == 1, 10)
+            rss_before = _rss_kb(proc.pid)
+            rng = random.Random(5)
+            mids = [
+                pub.publish(f"{topic}/junk", rng.randbytes(rng.randint(0, 300)))
+                for _ in range(1000)
+            ]
+            mids.append(pub.publish(f"{topic}/big", os.urandom(10 * 1024 * 1024)))
+            mids.append(pub.publish(f"{topic}/binary", b"\xff\xfe\x00 not utf-8"))
+            pub.wait(mids)
+            wait_for(lambda: len(spooled(state_dir)) == 1002, 20, "the junk to be spooled")
+            sent = time.monotonic()
+            pub.wait([pub.publish(f"{topic}/good", b'{"n": 1}')])
+            wait_for(
+                lambda: spooled(state_dir)[-1]["name"] == f"{topic}/good",
+                1.0,
+                "the next good message within 1 s",
+            )
+            latency = time.monotonic() - sent
+            rss_growth = (_rss_kb(proc.pid) - rss_before) / 1024
+        assert proc.poll() is None, "the agent died"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        proc.stderr.close()  # type: ignore[union-attr]
+    print(
+        f"good message spooled {1000 * latency:.1f} ms after its PUBACK; RSS +{rss_growth:.1f} MB"
+    )
+    assert rss_growth < 50
+    events = spooled(state_dir)
+    binary = next(e for e in events if e["name"].endswith("/binary"))
+    assert binary["payload"] == {"base64": "//4AIG5vdCB1dGYtOA=="}
+    with Spool.open(state_dir) as spool:
+        [big] = spool.dead_letters(REJECTS)
+    assert big.reason == f"payload of {10 * 1024 * 1024} bytes over max_payload (262144)"
+    detail = json.loads(big.body)["payload"]
+    assert detail["size"] == 10 * 1024 * 1024 and len(detail["sha256"]) == 64
+
+
+def test_topic_that_is_not_utf8_is_dead_lettered(tmp_path: Path) -> None:
+    """Mosquitto refuses such topics itself, so this one is fed at paho's own seam."""
+    with Spool.open(tmp_path, durability="memory") as spool:
+        source = MqttSource(
+            MqttConfig(), [MqttSourceConfig(type="mqtt", topics=["#"])], spool, node="n"
+        )
+        msg = mqtt.MQTTMessage(mid=0, topic=b"home/\xffbad")
+        msg.payload = b"x"
+        source._on_message(source._client, None, msg)
+        spool.sync()
+        [dl] = spool.dead_letters(REJECTS)
+    assert dl.reason == "topic is not UTF-8"
+    assert json.loads(dl.body)["name"] == b"home/\xffbad".hex()
+
+
+def test_spool_full_holds_messages_at_the_broker(
+    private_broker: PrivateMosquitto, write_config: Callable[..., Path], state_dir: Path
+) -> None:
+    topic, cid = unique("relaytest/"), unique("relay-test-")
+    down = {"on": True}
+    with RemoteServer(lambda r, n: Reply(503 if down["on"] else 200)) as remote:
+        cfg = write_config(
+            '[spool]\nmax_size = "12KB"\n'
+            f'[[sinks]]\nname = "cloud"\ntype = "http"\nurl = "{remote.url}"\n'
+            'retry_initial = "100ms"\nretry_max = "300ms"\n'
+            + mqtt_config(private_broker.port, topic, cid)
+        )
+        with (
+            running_agent(cfg) as agent,
+            Publisher(private_broker.host, private_broker.port) as pub,
+        ):
+            pub.wait(publish_numbered(pub, topic, range(200)))  # ~200 B each: ~4x the cap
+            wait_for(
+                lambda: "spool full" in (agent.components[-1].last_error or ""),
+                20,  # type: ignore[attr-defined]
+                "the source to notice the full spool",
+            )
+            held = len(set(numbers(state_dir, topic)))
+            assert 0 < held < 200
+            down["on"] = False  # the sink recovers, the spool drains, ingest resumes
+            wait_for(
+                lambda: len({e["payload"]["n"] for e in remote.accepted()}) == 200,
+                60,
+                "all 200 delivered",
+            )
+        delivered = list(dict.fromkeys(e["payload"]["n"] for e in remote.accepted()))
+    assert sorted(delivered) == list(range(200))
+    print(f"{held} of 200 fit before the spool was full; all 200 delivered after it drained")
