@@ -1,7 +1,5 @@
-"""The composition root: builds every component from the config, runs them, stops them.
-
-Only this module knows the concrete sources, sinks and devices; each component receives its
-own config section and the spool, nothing else.
+"""The agent: opens the spool, starts the components (built by ``relay.wiring``, the only
+module that knows the concrete ones), supervises them, and stops them in order.
 """
 
 from __future__ import annotations
@@ -12,33 +10,16 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO
 
-from relay.backoff import Backoff
-from relay.config import (
-    AmqpSinkConfig,
-    HttpSinkConfig,
-    MqttSourceConfig,
-    Settings,
-    SinkConfig,
-)
+from relay import wiring
+from relay.config import Settings
 from relay.doorbell import Doorbell
 from relay.errors import AlreadyRunning, SpoolError
-from relay.forwarder import Forwarder, Policy
-from relay.sinks import Sink
 from relay.spool import Spool
+from relay.wiring import Component
 
 log = logging.getLogger(__name__)
-
-
-class Component(Protocol):
-    """A long-running part of the agent with its own thread(s)."""
-
-    name: str
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
 
 
 class Agent:
@@ -85,18 +66,7 @@ class Agent:
 
     def _build(self) -> list[Component]:
         assert self.spool is not None
-        components: list[Component] = []
-        for cfg in self.settings.sinks:
-            components.append(Forwarder(build_sink(cfg), self.spool, policy(cfg)))
-        # Sources last, so that they stop first: nothing new comes in while sinks finish.
-        mqtt_sources = [s for s in self.settings.sources if isinstance(s, MqttSourceConfig)]
-        if mqtt_sources:
-            from relay.sources.mqtt import MqttSource
-
-            components.append(
-                MqttSource(self.settings.mqtt, mqtt_sources, self.spool, node=self.settings.node)
-            )
-        return components
+        return wiring.components(self.settings, self.spool)
 
     def run(self, stop: threading.Event) -> None:
         """Start, wait for ``stop`` (set by a signal handler), then stop cleanly."""
@@ -147,27 +117,3 @@ def _lock_state_dir(state_dir: Path) -> IO[str]:
         f.write(f"{os.getpid()}\n")
         f.flush()
     return f
-
-
-def policy(cfg: SinkConfig) -> Policy:
-    return Policy(
-        max_retries=cfg.max_retries,
-        max_age=cfg.max_age.total_seconds() if cfg.max_age is not None else None,
-        backoff=Backoff(
-            cfg.retry_initial.total_seconds(), cfg.retry_factor, cfg.retry_max.total_seconds()
-        ),
-        batch_max=cfg.batch_max if isinstance(cfg, HttpSinkConfig) else cfg.window,
-    )
-
-
-def build_sink(cfg: SinkConfig) -> Sink:
-    """The concrete sink for a config section; its library is imported only when used."""
-    if isinstance(cfg, HttpSinkConfig):
-        from relay.sinks.http import HttpSink
-
-        return HttpSink(cfg)
-    if isinstance(cfg, AmqpSinkConfig):
-        from relay.sinks.amqp import AmqpSink
-
-        return AmqpSink(cfg)
-    raise AssertionError(f"unknown sink type {cfg!r}")

@@ -76,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     push = add("push", _push, "put an event in the spool (works with the agent stopped)")
     push.add_argument("name", help="event name, e.g. 'door opened' or home/hall/door")
     push.add_argument("--payload", metavar="JSON", help="event payload, as JSON")
+    cmd = add("command", _command, "queue a device command (run by the agent, one at a time)")
+    cmd.add_argument("device", help="a device name from the config")
+    cmd.add_argument("action", help="an action the device allows, e.g. on, off, pulse")
+    cmd.add_argument("--id", help="command id (default: a new one); an id seen before is not run")
+    cmd.add_argument("--args", metavar="JSON", help="action arguments, e.g. '{\"ms\": 500}'")
+    cmd.add_argument("--wait", action="store_true", help="wait for the outcome; exit 1 unless ok")
     status = add("status", _status, "queue depth, ages, errors and dead letters per sink")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     dlq = add("dlq", _dlq, "list, retry or purge dead letters")
@@ -119,6 +125,13 @@ def _demo(args: argparse.Namespace) -> int:
     if args.events < 1 or not 0 <= args.fail_rate < 1:
         raise UsageError("--events must be at least 1 and --fail-rate in [0, 1)")
     _setup_logging("warning")
+    try:
+        import gpiozero  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "the demo's door sensor is a simulated GPIO pin: "
+            "pip install 'relay[gpio]' (gpiozero) first"
+        ) from None
     tally = demo.run(events=args.events, fail_rate=args.fail_rate)
     return EX_OK if tally.delivered == tally.produced else EX_FAIL
 
@@ -138,6 +151,38 @@ def _push(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     print(event.id)
     return EX_OK
+
+
+def _command(args: argparse.Namespace) -> int:
+    from relay.producer import command, wait_for_outcome
+
+    cmd_args = None
+    if args.args is not None:
+        try:
+            cmd_args = json.loads(args.args)
+        except ValueError as exc:
+            raise UsageError(f"--args is not valid JSON ({exc})") from None
+    try:
+        cmd, new = command(
+            args.device, args.action, cmd_args, command_id=args.id, config_path=args.config
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not new:
+        print(f"relay command: id {cmd.id} was seen before: not queued again", file=sys.stderr)
+        return EX_FAIL
+    print(cmd.id)
+    if not args.wait:
+        return EX_OK
+    settings = _settings(args)
+    limit = settings.commands.ttl_s + settings.commands.timeout_s + 5
+    outcome = wait_for_outcome(settings, cmd.id, limit)
+    if outcome is None:
+        print(f"relay command: no outcome within {limit:g}s (is relay running?)", file=sys.stderr)
+        return EX_FAIL
+    status, error = outcome
+    print(status + (f": {error}" if error else ""))
+    return EX_OK if status == "ok" else EX_FAIL
 
 
 def _status(args: argparse.Namespace) -> int:

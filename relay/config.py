@@ -154,13 +154,21 @@ class MqttSourceConfig(Section):
 class GpioSourceConfig(Section):
     type: Literal["gpio"]
     pin: int | str
-    name: str
-    pull_up: bool = True
+    name: str = Field(min_length=1, max_length=64)
+    # true: pull-up, active when the switch closes to ground; false: pull-down, active high;
+    # "none": a floating input driven by the device, which then needs active_high.
+    pull_up: bool | Literal["none"] = True
     active_high: bool | None = None
     bounce_ms: int = Field(50, ge=0, le=10_000)
-    on_active: str = "active"
-    on_inactive: str = "inactive"
+    on_active: str = Field("active", min_length=1, max_length=256)
+    on_inactive: str = Field("inactive", min_length=1, max_length=256)
     initial_event: bool = True
+
+    @model_validator(mode="after")
+    def _active_level(self) -> GpioSourceConfig:
+        if (self.pull_up == "none") != (self.active_high is not None):
+            raise ValueError('set active_high when (and only when) pull_up = "none"')
+        return self
 
 
 SourceConfig = Annotated[MqttSourceConfig | GpioSourceConfig, Field(discriminator="type")]
@@ -258,29 +266,53 @@ class CommandsConfig(Section):
     mqtt_topic: str = ""
     amqp_queue: str = ""
     ttl_s: float = Field(30.0, gt=0)
+    timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("mqtt_topic")
+    @classmethod
+    def _device_level(cls, topic: str) -> str:
+        if topic and (not topic.endswith("/+") or "#" in topic or "+" in topic[:-1]):
+            raise ValueError('must end with "/+" (the device name) and hold no other wildcard')
+        return topic
+
+
+Action = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+DeviceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
+class GpioConfig(Section):
+    # gpiozero's pin factory: "lgpio" on a Pi (Bookworm and later), "mock" for demos/tests.
+    pin_factory: Literal["lgpio", "rpigpio", "pigpio", "native", "mock"] = "lgpio"
 
 
 class GpioDeviceConfig(Section):
-    name: str
+    name: DeviceName
     type: Literal["gpio"]
     pin: int | str
     active_high: bool = True
     initial: bool | None = False
+    actions: list[Action] = ["on", "off", "pulse", "toggle"]
 
 
 class MqttDeviceConfig(Section):
-    name: str
+    name: DeviceName
     type: Literal["mqtt"]
-    topic: str
+    topic: str = Field(min_length=1, pattern=r"^[^#+\x00]+$")  # no wildcards: a real topic
     qos: Literal[0, 1, 2] = 1
     retain: bool = False
+    payload: Any = {"state": "{action}"}  # a JSON template: see relay/devices/__init__.py
+    actions: list[Action] = ["on", "off"]
 
 
 class HttpDeviceConfig(Section):
-    name: str
+    name: DeviceName
     type: Literal["http"]
     url: str
+    method: Literal["POST", "PUT", "PATCH"] = "POST"
+    body: Any = {"id": "{id}", "action": "{action}", "args": "{args}"}
+    headers: dict[str, str] = {}
     timeout_s: float = Field(10.0, gt=0)
+    actions: list[Action] = ["on", "off"]
 
     @field_validator("url")
     @classmethod
@@ -329,6 +361,7 @@ class Settings(BaseSettings):
     sources: list[SourceConfig] = []
     sinks: list[SinkConfig] = []
     commands: CommandsConfig = CommandsConfig()
+    gpio: GpioConfig = GpioConfig()
     devices: list[DeviceConfig] = []
 
     @model_validator(mode="after")

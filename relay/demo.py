@@ -1,8 +1,9 @@
 """``relay demo``: the whole path on one screen, with nothing to install or configure.
 
-A simulated door sensor produces events; the real agent spools them and forwards them to a
-"remote service" on loopback that fails about half of the requests; the terminal shows each
-event pushed, refused, retried and delivered, with the spool depth, then a summary.
+A door sensor on a simulated GPIO pin (gpiozero's MockFactory) produces events; the real
+agent spools them and forwards them to a "remote service" on loopback that fails about half
+of the requests; the terminal shows each event pushed, refused, retried and delivered, with
+the spool depth, then a summary.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from relay.agent import Agent
-from relay.config import HttpSinkConfig, Settings, SpoolConfig
-from relay.event import Event
+from relay.config import GpioConfig, GpioSourceConfig, HttpSinkConfig, Settings, SpoolConfig
 
 
 @dataclass
@@ -32,7 +32,8 @@ class Tally:
     refused: int = 0
     duplicates: int = 0
     seen: set[str] = field(default_factory=set)
-    pushed_at: dict[str, float] = field(default_factory=dict)
+    numbers: dict[str, int] = field(default_factory=dict)  # event id -> its number
+    pushed_at: list[float] = field(default_factory=list)  # monotonic, by number
     lock: threading.Lock = field(default_factory=threading.Lock)
     all_delivered: threading.Event = field(default_factory=threading.Event)
 
@@ -59,7 +60,9 @@ def _flaky_remote(tally: Tally, view: View, fail_rate: float, target: int) -> Th
 
         def do_POST(self) -> None:
             event = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            label = f"#{event['payload']['n']} {event['name']}"
+            with tally.lock:  # events arrive in order: the first sight of an id numbers it
+                number = tally.numbers.setdefault(event["id"], len(tally.numbers) + 1)
+            label = f"#{number} {event['name']}"
             if rng.random() < fail_rate:
                 with tally.lock:
                     tally.refused += 1
@@ -71,7 +74,7 @@ def _flaky_remote(tally: Tally, view: View, fail_rate: float, target: int) -> Th
                 tally.seen.add(event["id"])
                 tally.duplicates += duplicate
                 tally.delivered += not duplicate
-                waited = time.monotonic() - tally.pushed_at.get(event["id"], time.monotonic())
+                waited = time.monotonic() - tally.pushed_at[number - 1]
                 if tally.delivered >= target:
                     tally.all_delivered.set()
             view.line("delivered", f"{label} after {waited:.1f}s" + (" (dup)" * duplicate))
@@ -130,26 +133,34 @@ def run(
 def _door_sensor(
     agent: Agent, tally: Tally, view: View, *, events: int, interval: float, stop: threading.Event
 ) -> None:
-    """A simulated reed switch: the door opens and closes."""
-    assert agent.spool is not None
+    """The door: a reed switch on GPIO 17 (gpiozero's MockFactory), opened and closed."""
+    from relay.sources.gpio import GpioSource
+
+    source = next(c for c in agent.components if isinstance(c, GpioSource))
+    pin = source.pin_factory.pin(17)
     for n in range(1, events + 1):
-        state = "opened" if n % 2 else "closed"
-        event = Event.new(
-            node=agent.settings.node,
-            source="gpio",
-            name=f"door {state}",
-            payload={"n": n, "pin": 17, "state": state},
-        )
         with tally.lock:
-            tally.pushed_at[event.id] = time.monotonic()
+            tally.pushed_at.append(time.monotonic())
             tally.produced += 1
-        agent.spool.put(event)
-        view.line("pushed", f"#{n} door {state}")
+        # Pull-up wiring: the switch closes to ground when the door opens.
+        if n % 2:
+            pin.drive_low()
+        else:
+            pin.drive_high()
+        view.line("pushed", f"#{n} door {'opened' if n % 2 else 'closed'}")
         if stop.wait(interval):
             return
 
 
 def _settings(state_dir: Path, url: str) -> Settings:
+    door = GpioSourceConfig(
+        type="gpio",
+        pin=17,
+        name="front_door",
+        on_active="door opened",
+        on_inactive="door closed",
+        initial_event=False,
+    )
     sink = HttpSinkConfig(
         name="remote",
         type="http",
@@ -158,4 +169,11 @@ def _settings(state_dir: Path, url: str) -> Settings:
         retry_initial=timedelta(seconds=0.5),
         retry_max=timedelta(seconds=3),
     )
-    return Settings(node="demo-pi", state_dir=state_dir, spool=SpoolConfig(), sinks=[sink])
+    return Settings(
+        node="demo-pi",
+        state_dir=state_dir,
+        spool=SpoolConfig(),
+        sinks=[sink],
+        sources=[door],
+        gpio=GpioConfig(pin_factory="mock"),
+    )

@@ -1,4 +1,4 @@
-"""Local producers: ``relay push`` and the Python call ``relay.push()``.
+"""Local producers: ``relay push``, ``relay command`` and the Python call ``relay.push()``.
 
 They write into the spool file directly, so they work whether the agent runs or not, then
 ring the agent's doorbell so that a running agent forwards the event at once.
@@ -7,13 +7,14 @@ ring the agent's doorbell so that a running agent forwards the event at once.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from relay import config
 from relay.doorbell import ring
 from relay.errors import SpoolError
-from relay.event import Event
+from relay.event import Command, Event, new_id
 from relay.spool import Spool
 
 MAX_NAME = 1024
@@ -51,3 +52,54 @@ def open_spool(cfg: config.SpoolConfig, state_dir: Path) -> Spool:
     return Spool.open(
         state_dir, durability=cfg.durability, max_bytes=int(cfg.max_size), when_full=cfg.when_full
     )
+
+
+def command(
+    device: str,
+    action: str,
+    args: dict[str, Any] | None = None,
+    *,
+    command_id: str | None = None,
+    config_path: str | os.PathLike[str] | None = None,
+) -> tuple[Command, bool]:
+    """Queue a device command for the agent; returns it and whether it was new (False: its
+    id was seen before, so it is not queued again). ``ValueError`` for an unknown device or
+    a malformed command."""
+    settings = config.load(config.config_path(config_path))
+    known = {d.name for d in settings.devices}
+    if device not in known:
+        raise ValueError(
+            f"no device named {device!r} in the config (known: "
+            f"{', '.join(sorted(known)) or 'none'})"
+        )
+    cmd = Command.of(
+        id=command_id or new_id(),
+        device=device,
+        action=action,
+        args=args or {},
+        source="cli",
+        received_at=time.time(),
+    )
+    with open_spool(settings.spool, settings.state_dir) as spool:
+        recorded = spool.record_command(cmd)
+    ring(settings.state_dir)
+    return cmd, recorded
+
+
+def wait_for_outcome(
+    settings: config.Settings, command_id: str, timeout: float
+) -> tuple[str, str | None] | None:
+    """(status, error) once the agent has run the command, or None after ``timeout``.
+
+    Another process is the one running it, so this looks at the spool file every 100 ms:
+    a client waiting on purpose, not the agent polling.
+    """
+    deadline = time.monotonic() + timeout
+    with open_spool(settings.spool, settings.state_dir) as spool:
+        while True:
+            state = spool.command_state(command_id)
+            if state is not None and state[0] == "done":
+                return state[1] or "failed", state[2]
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.1)

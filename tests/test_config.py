@@ -19,7 +19,7 @@ from tests.helpers.common import RELAY
 
 EXAMPLE = Path(__file__).parent.parent / "etc" / "relay.toml"
 SECRET = "hunter2-do-not-print"
-EXAMPLE_VALUES = {"queue"}  # keys the example sets to show their use, not their default
+EXAMPLE_VALUES = {"queue", "on_active", "on_inactive"}  # keys the example sets to show their use, not their default
 
 
 def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -54,6 +54,9 @@ def _fields(model: type[BaseModel]) -> set[str]:
         ("mqtt", config.MqttConfig),
         ("commands", config.CommandsConfig),
         ("sources", config.MqttSourceConfig),
+        ("sources", config.GpioSourceConfig),
+        ("gpio", config.GpioConfig),
+        ("devices", config.GpioDeviceConfig),
         ("sinks", config.HttpSinkConfig),
         ("sinks", config.AmqpSinkConfig),
         ("devices", config.MqttDeviceConfig),

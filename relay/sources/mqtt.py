@@ -18,7 +18,9 @@ import logging
 import random
 import ssl
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -30,16 +32,28 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from relay.backoff import Backoff
 from relay.config import MqttConfig, MqttSourceConfig
-from relay.errors import SpoolError
-from relay.event import Event, decode_payload
+from relay.errors import DeviceError, DeviceUnavailable, SpoolError
+from relay.event import Command, Event, decode_payload
 from relay.spool import Spool
 
 log = logging.getLogger(__name__)
 
 REJECTS = "@ingest"  # where refused messages are dead-lettered (not a valid sink name)
+COMMAND_REJECTS = "@commands"  # where malformed commands are
+DEFAULT_MAX_PAYLOAD = 256 * 1024
 RECONNECT = Backoff(initial=1.0, factor=2.0, cap=60.0)
+# After handing messages back (spool full or failing): come back soon, as space frees when
+# a sink catches up and nothing tells this thread; each visit costs a handful of messages.
+HANDED_BACK = Backoff(initial=0.5, factor=2.0, cap=5.0)
 
-Handler = Callable[[mqtt.MQTTMessage, Callable[[], None]], None]
+
+@dataclass(frozen=True)
+class CommandTopic:
+    """Device commands arrive on ``topic`` (a filter ending in "/+": the device name);
+    ``recorded(id)`` is told of each command once it is in the spool."""
+
+    topic: str
+    recorded: Callable[[str], None]
 
 
 def _write_wanted(client: mqtt.Client, userdata: Any, sock: Any) -> None:
@@ -58,9 +72,11 @@ class MqttSource:
         spool: Spool,
         *,
         node: str,
+        commands: CommandTopic | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.cfg = cfg
+        self.commands = commands
         self.node = node
         self.spool = spool
         self.status_topic = cfg.status_topic or f"relay/{node}/status"
@@ -146,7 +162,8 @@ class MqttSource:
                 return
             lost_link = self.connected_once and not self._refusing
             failures = 1 if lost_link else failures + 1
-            self._pause(self.last_error or "connection lost", failures)
+            backoff = HANDED_BACK if self._refusing else RECONNECT
+            self._pause(self.last_error or "connection lost", failures, backoff)
 
     @property
     def _where(self) -> str:
@@ -178,8 +195,8 @@ class MqttSource:
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 return
 
-    def _pause(self, error: str, attempt: int) -> None:
-        delay = RECONNECT.delay(attempt, self._rng)
+    def _pause(self, error: str, attempt: int, backoff: Backoff = RECONNECT) -> None:
+        delay = backoff.delay(attempt, self._rng)
         if error != self.last_error or attempt == 1:
             log.warning("mqtt: %s; reconnecting in %.1fs", error, delay)
         self.last_error = error
@@ -213,14 +230,18 @@ class MqttSource:
         self.last_error = None
 
     def _subscribe(self, client: mqtt.Client) -> None:
-        if not self._filters:
+        wanted = [(t, int(q)) for t, q, _ in self._filters]
+        if self.commands is not None:
+            # paho routes a message matching this filter there, and not to on_message.
+            client.message_callback_add(self.commands.topic, self._on_command)
+            wanted.append((self.commands.topic, 1))
+        if not wanted:
             return
         if self.cfg.protocol == "5":
             # Retain handling 1: retained messages only for a subscription that is new.
-            topics = [(t, SubscribeOptions(qos=q, retainHandling=1)) for t, q, _ in self._filters]
-            client.subscribe(topics)
+            client.subscribe([(t, SubscribeOptions(qos=q, retainHandling=1)) for t, q in wanted])
         else:
-            client.subscribe([(t, int(q)) for t, q, _ in self._filters])
+            client.subscribe(wanted)
         self._subscribed = True
 
     def _on_subscribe(
@@ -235,7 +256,9 @@ class MqttSource:
         if refused:
             log.error("mqtt: the broker refused a subscription: %s", ", ".join(refused))
         else:
-            log.info("mqtt: subscribed to %s", ", ".join(t for t, _, _ in self._filters))
+            topics = [t for t, _, _ in self._filters]
+            topics += [self.commands.topic] if self.commands else []
+            log.info("mqtt: subscribed to %s", ", ".join(topics))
         self.subscribed.set()
 
     def _on_disconnect(
@@ -256,6 +279,66 @@ class MqttSource:
             self._ingest(msg)
         except Exception:
             log.exception("mqtt: could not handle a message on %r", msg._topic)
+
+    # ---------------------------------------------------------------- commands
+
+    def _on_command(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self._command(msg)
+        except Exception:  # as _on_message: nothing may escape into paho's loop
+            log.exception("mqtt: could not handle a command on %r", msg._topic)
+
+    def _command(self, msg: mqtt.MQTTMessage) -> None:
+        assert self.commands is not None
+        ack, recorded = self._acker(msg), self.commands.recorded
+        try:
+            topic = msg._topic.decode("utf-8")
+            cmd = Command.parse(
+                bytes(msg.payload),
+                device=topic.rsplit("/", 1)[-1],
+                source="mqtt",
+                received_at=time.time(),
+            )
+        except (ValueError, UnicodeDecodeError) as exc:
+            # A command that cannot be understood is never run: kept with the reason.
+            self._reject(
+                msg,
+                msg._topic.decode("utf-8", "replace"),
+                f"bad command: {exc}",
+                ack,
+                COMMAND_REJECTS,
+            )
+            return
+
+        def done(new: bool | None, error: SpoolError | None) -> None:
+            if error is None and not new:
+                log.info("mqtt: command %s was seen before: not run again", cmd.id)
+            elif error is None:
+                recorded(cmd.id)
+            self._stored(error, ack)
+
+        self.spool.record_command_async(cmd, done)
+
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int, retain: bool, timeout: float
+    ) -> None:
+        """Publish for a device command; see ``relay.devices.mqtt.Publisher``."""
+        if not self.connected.is_set():
+            raise DeviceUnavailable(f"not connected to the MQTT broker {self._where}")
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise DeviceUnavailable(
+                f"cannot publish to {self._where}: {mqtt.error_string(info.rc)}"
+            )
+        if qos == 0:
+            return
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError) as exc:
+            raise DeviceError(f"publish to {topic} failed: {exc}") from exc
+        if not info.is_published():
+            # paho keeps it and sends it again after a reconnect: it may still arrive.
+            raise DeviceError(f"the broker did not acknowledge within {timeout:g}s")
 
     # ---------------------------------------------------------------- ingest
 
@@ -285,10 +368,15 @@ class MqttSource:
         for pattern, _, limit in self._filters:
             if mqtt.topic_matches_sub(pattern, topic):
                 return int(limit)
-        return max(limits)
+        return max(limits, default=DEFAULT_MAX_PAYLOAD)
 
     def _reject(
-        self, msg: mqtt.MQTTMessage, name: str, reason: str, ack: Callable[[], None]
+        self,
+        msg: mqtt.MQTTMessage,
+        name: str,
+        reason: str,
+        ack: Callable[[], None],
+        where: str = REJECTS,
     ) -> None:
         """Dead-letter the message's metadata (never the payload), then ack it."""
         detail = {
@@ -299,7 +387,7 @@ class MqttSource:
         }
         event = Event.new(node=self.node, source="mqtt", name=name[:1024], payload=detail)
         log.warning("mqtt: message on %r dead-lettered: %s", name[:200], reason)
-        self.spool.reject_async(REJECTS, event, reason, lambda error: self._stored(error, ack))
+        self.spool.reject_async(where, event, reason, lambda error: self._stored(error, ack))
 
     def _acker(self, msg: mqtt.MQTTMessage) -> Callable[[], None]:
         client, mid, qos = self._client, msg.mid, msg.qos

@@ -17,6 +17,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     status: int = 0  # what we answered
+    done_at: float = 0.0  # monotonic, when the answer was written (or given up)
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -59,6 +60,7 @@ class RemoteServer:
                 reply = server.respond(req, count)
                 if server._answer(self, reply):
                     req.status = reply.status  # only an answer the client got counts
+                req.done_at = time.monotonic()
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

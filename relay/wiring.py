@@ -1,0 +1,142 @@
+"""Building the components from the config: the only place that knows the concrete sources,
+sinks and devices. Each library is imported here only when the config uses it (pika,
+paho and gpiozero cost memory and start-up time on a Pi Zero)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from relay.backoff import Backoff
+from relay.commands import CommandExecutor
+from relay.config import (
+    AmqpSinkConfig,
+    GpioDeviceConfig,
+    GpioSourceConfig,
+    HttpDeviceConfig,
+    HttpSinkConfig,
+    MqttDeviceConfig,
+    MqttSourceConfig,
+    Settings,
+    SinkConfig,
+)
+from relay.devices import Device
+from relay.forwarder import Forwarder, Policy
+from relay.sinks import Sink
+from relay.spool import Spool
+
+if TYPE_CHECKING:
+    from relay.sources.mqtt import MqttSource
+
+
+class Component(Protocol):
+    """A long-running part of the agent with its own thread(s)."""
+
+    name: str
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def alive(self) -> bool: ...
+
+
+def components(settings: Settings, spool: Spool) -> list[Component]:
+    """Every component, in start order; the agent stops them in reverse, so inputs stop
+    first, then the command executor, then the MQTT connection, then the forwarders."""
+    built: list[Component] = [
+        Forwarder(build_sink(cfg), spool, policy(cfg)) for cfg in settings.sinks
+    ]
+    factory = _pin_factory(settings)
+    mqtt = _mqtt(settings, spool)
+    devices = {cfg.name: _device(cfg, mqtt, factory) for cfg in settings.devices}
+    executor = None
+    if devices or settings.commands.mqtt_topic or settings.commands.amqp_queue:
+        executor = CommandExecutor(
+            spool,
+            devices,
+            node=settings.node,
+            ttl_s=settings.commands.ttl_s,
+            timeout_s=settings.commands.timeout_s,
+        )
+    if mqtt is not None:
+        if executor is not None and settings.commands.mqtt_topic:
+            from relay.sources.mqtt import CommandTopic
+
+            mqtt.commands = CommandTopic(settings.commands.mqtt_topic, executor.received)
+        built.append(mqtt)
+    if executor is not None:
+        built.append(executor)
+    gpio = [s for s in settings.sources if isinstance(s, GpioSourceConfig)]
+    if gpio:
+        from relay.sources.gpio import GpioSource
+
+        built.append(GpioSource(gpio, spool, node=settings.node, pin_factory=factory))
+    return built
+
+
+def policy(cfg: SinkConfig) -> Policy:
+    return Policy(
+        max_retries=cfg.max_retries,
+        max_age=cfg.max_age.total_seconds() if cfg.max_age is not None else None,
+        backoff=Backoff(
+            cfg.retry_initial.total_seconds(), cfg.retry_factor, cfg.retry_max.total_seconds()
+        ),
+        batch_max=cfg.batch_max if isinstance(cfg, HttpSinkConfig) else cfg.window,
+    )
+
+
+def build_sink(cfg: SinkConfig) -> Sink:
+    """The concrete sink for a config section."""
+    if isinstance(cfg, HttpSinkConfig):
+        from relay.sinks.http import HttpSink
+
+        return HttpSink(cfg)
+    if isinstance(cfg, AmqpSinkConfig):
+        from relay.sinks.amqp import AmqpSink
+
+        return AmqpSink(cfg)
+    raise AssertionError(f"unknown sink type {cfg!r}")
+
+
+def _mqtt(settings: Settings, spool: Spool) -> MqttSource | None:
+    """The one MQTT connection, when anything needs it."""
+    sources = [s for s in settings.sources if isinstance(s, MqttSourceConfig)]
+    needs = (
+        sources
+        or settings.commands.mqtt_topic
+        or any(isinstance(d, MqttDeviceConfig) for d in settings.devices)
+    )
+    if not needs:
+        return None
+    from relay.sources.mqtt import MqttSource
+
+    return MqttSource(settings.mqtt, sources, spool, node=settings.node)
+
+
+def _device(cfg: Any, mqtt: MqttSource | None, factory: Any) -> Device:
+    if isinstance(cfg, HttpDeviceConfig):
+        from relay.devices.http import HttpDevice
+
+        return HttpDevice(cfg)
+    if isinstance(cfg, MqttDeviceConfig):
+        from relay.devices.mqtt import MqttDevice
+
+        assert mqtt is not None
+        return MqttDevice(cfg, mqtt)
+    if isinstance(cfg, GpioDeviceConfig):
+        from relay.devices.gpio import GpioDevice
+
+        return GpioDevice(cfg, pin_factory=factory)
+    raise AssertionError(f"unknown device type {cfg!r}")
+
+
+def _pin_factory(settings: Settings) -> Any:
+    """gpiozero's pin factory named by ``[gpio] pin_factory``, when GPIO is used at all."""
+    uses_gpio = any(isinstance(s, GpioSourceConfig) for s in settings.sources) or any(
+        isinstance(d, GpioDeviceConfig) for d in settings.devices
+    )
+    if not uses_gpio:
+        return None
+    from relay.gpio_factory import pin_factory
+
+    return pin_factory(settings.gpio.pin_factory)
