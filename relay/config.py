@@ -265,6 +265,7 @@ SinkConfig = Annotated[HttpSinkConfig | AmqpSinkConfig, Field(discriminator="typ
 class CommandsConfig(Section):
     mqtt_topic: str = ""
     amqp_queue: str = ""
+    amqp_url: SecretStr | None = None  # default: the url of the first amqp sink
     ttl_s: float = Field(30.0, gt=0)
     timeout_s: float = Field(10.0, gt=0)
 
@@ -363,6 +364,20 @@ class Settings(BaseSettings):
     commands: CommandsConfig = CommandsConfig()
     gpio: GpioConfig = GpioConfig()
     devices: list[DeviceConfig] = []
+
+    @model_validator(mode="after")
+    def _command_queue_url(self) -> Settings:
+        if self.commands.amqp_queue and self.command_queue_url() is None:
+            raise ValueError("commands.amqp_queue needs commands.amqp_url (or an amqp sink)")
+        return self
+
+    def command_queue_url(self) -> str | None:
+        """Where ``commands.amqp_queue`` lives: ``commands.amqp_url``, else the first AMQP
+        sink's broker."""
+        if self.commands.amqp_url is not None:
+            return self.commands.amqp_url.get_secret_value()
+        sink = next((s for s in self.sinks if isinstance(s, AmqpSinkConfig)), None)
+        return sink.url.get_secret_value() if sink else None
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:
@@ -465,4 +480,6 @@ def dump(settings: Settings) -> dict[str, Any]:
     for sink, model in zip(data["sinks"], settings.sinks, strict=True):
         if isinstance(model, AmqpSinkConfig):
             sink["url"] = mask_url(model.url.get_secret_value())
+    if settings.commands.amqp_url is not None:
+        data["commands"]["amqp_url"] = mask_url(settings.commands.amqp_url.get_secret_value())
     return data

@@ -66,6 +66,20 @@ def components(settings: Settings, spool: Spool) -> list[Component]:
         built.append(mqtt)
     if executor is not None:
         built.append(executor)
+    queue_url = settings.command_queue_url()
+    if executor is not None and settings.commands.amqp_queue and queue_url:
+        from relay.sources.amqp import AmqpCommandSource
+
+        built.append(
+            AmqpCommandSource(
+                queue_url,
+                settings.commands.amqp_queue,
+                spool,
+                node=settings.node,
+                recorded=executor.received,
+                on_outcome=executor.on_outcome,
+            )
+        )
     gpio = [s for s in settings.sources if isinstance(s, GpioSourceConfig)]
     if gpio:
         from relay.sources.gpio import GpioSource

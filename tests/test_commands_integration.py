@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pika
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -22,6 +23,7 @@ from relay.commands import CommandExecutor
 from relay.sources.mqtt import COMMAND_REJECTS, MqttSource
 from relay.spool import Spool
 from tests.helpers.agent import running_agent, wait_for
+from tests.helpers.commands import executed, outcomes
 from tests.helpers.common import RELAY, need_service
 from tests.helpers.http_server import RemoteServer, Reply
 from tests.helpers.mqtt import Publisher, unique
@@ -34,18 +36,6 @@ def config(device_url: str, cmd_topic: str, extra: str = "", commands: str = "")
         f'[[devices]]\nname = "heater"\ntype = "http"\nurl = "{device_url}"\n'
         f'actions = ["on", "off"]\n{extra}'
     )
-
-
-def executed(server: RemoteServer) -> list[str]:
-    """Command ids in the order the device received them."""
-    return [json.loads(r.body)["id"] for r in server.received]
-
-
-def outcomes(state_dir: Path) -> dict[str, dict[str, Any]]:
-    with Spool.open(state_dir) as spool:
-        spool.register_sinks(["probe"])  # the first sink ever sees everything spooled
-        events = [r.event for r in spool.lease("probe", 10_000).records]
-    return {e.payload["id"]: e.payload for e in events if e.name.startswith("command.")}
 
 
 def cli(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -65,24 +55,44 @@ def parts(agent: Any) -> tuple[MqttSource, CommandExecutor]:
     return mqtt_source, executor
 
 
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+
+def publish_amqp(queue: str, bodies: list[dict[str, Any]]) -> None:
+    with pika.BlockingConnection(pika.URLParameters(AMQP_URL)) as conn:
+        channel = conn.channel()
+        channel.queue_declare(queue, durable=True)
+        for body in bodies:
+            channel.basic_publish("", queue, json.dumps(body).encode())
+
+
+def delete_queue(queue: str) -> None:
+    with pika.BlockingConnection(pika.URLParameters(AMQP_URL)) as conn:
+        conn.channel().queue_delete(queue)
+
+
 @pytest.fixture(autouse=True)
 def broker() -> None:
     need_service("Mosquitto", 1883)
 
 
 def test_one_at_a_time_across_inputs(write_config: Callable[..., Path], state_dir: Path) -> None:
-    topic = unique("relaytest/")
+    need_service("RabbitMQ", 5672)
+    topic, queue = unique("relaytest/"), unique("relay-test-commands-")
+    amqp = f'amqp_queue = "{queue}"\namqp_url = "{AMQP_URL}"\n'
     with RemoteServer(lambda r, n: Reply(200, delay=0.04)) as device:
-        cfg = write_config(config(device.url, topic))
+        cfg = write_config(config(device.url, topic, commands=amqp))
         with running_agent(cfg) as agent, Publisher() as pub:
             parts(agent)
-            mqtt_ids = [f"m{i}" for i in range(25)]
-            cli_ids = [f"c{i}" for i in range(25)]
+            mqtt_ids = [f"m{i}" for i in range(20)]
+            amqp_ids = [f"a{i}" for i in range(15)]
+            cli_ids = [f"c{i}" for i in range(15)]
             clis = [
                 threading.Thread(target=cli, args=(cfg, "heater", "on", "--id", i)) for i in cli_ids
             ]
             for t in clis:
                 t.start()
+            publish_amqp(queue, [{"device": "heater", "action": "on", "id": i} for i in amqp_ids])
             pub.wait(
                 [
                     pub.publish(f"{topic}/heater", json.dumps({"id": i, "action": "off"}))
@@ -91,17 +101,24 @@ def test_one_at_a_time_across_inputs(write_config: Callable[..., Path], state_di
             )
             for t in clis:
                 t.join()
-            wait_for(lambda: len(device.received) == 50, 30, "50 commands run")
+            try:
+                wait_for(lambda: len(device.received) == 50, 30, "50 commands run")
+            except AssertionError:
+                got = executed(device)
+                missing = sorted(set(mqtt_ids + amqp_ids + cli_ids) - set(got))
+                raise AssertionError(f"{len(got)} ran; missing {missing}") from None
             time.sleep(0.2)
+        delete_queue(queue)
     runs = sorted(device.received, key=lambda r: r.at)
     overlaps = [(a, b) for a, b in itertools.pairwise(runs) if b.at < a.done_at]
     assert not overlaps, f"{len(overlaps)} commands ran at the same time"
     order = executed(device)
     assert [i for i in order if i.startswith("m")] == mqtt_ids  # FIFO per input
-    assert sorted(order) == sorted(mqtt_ids + cli_ids)  # each once
+    assert [i for i in order if i.startswith("a")] == amqp_ids
+    assert sorted(order) == sorted(mqtt_ids + amqp_ids + cli_ids)  # each once
     results = outcomes(state_dir)
     assert {i: results[i]["status"] for i in order} == dict.fromkeys(order, "ok")
-    assert results["m0"]["source"] == "mqtt" and results["c0"]["source"] == "cli"
+    assert [results[i]["source"] for i in ("m0", "a0", "c0")] == ["mqtt", "amqp", "cli"]
 
 
 def test_unreachable_device_retries_the_same_command_then_the_rest(

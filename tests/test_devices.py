@@ -51,7 +51,7 @@ def test_refused_connection_is_unavailable_so_retried() -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("[Errno 111] Connection refused")
 
-    with pytest.raises(DeviceUnavailable, match="cannot reach heater.local"):
+    with pytest.raises(DeviceUnavailable, match=r"cannot reach heater\.local"):
         heater(refuse).run("on", {}, command_id="c", timeout=5)
 
 
@@ -67,7 +67,7 @@ def test_failure_after_sending_is_never_retried(error: Exception) -> None:
 
 
 def test_error_status_fails() -> None:
-    with pytest.raises(DeviceError, match="HTTP 500 from heater.local: overheated"):
+    with pytest.raises(DeviceError, match=r"HTTP 500 from heater\.local: overheated"):
         heater(lambda r: httpx.Response(500, text="overheated")).run(
             "on", {}, command_id="c", timeout=5
         )

@@ -1,0 +1,138 @@
+"""Device commands from an AMQP queue: prefetch 1, acked only after the outcome, a
+redelivery after a crash skipped. Against the real RabbitMQ on 127.0.0.1:5672."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pika
+import pytest
+
+from tests.helpers.agent import running_agent, wait_for
+from tests.helpers.commands import executed, outcomes
+from tests.helpers.common import RELAY, need_service
+from tests.helpers.http_server import RemoteServer, Reply
+from tests.helpers.mqtt import unique
+
+URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+
+@pytest.fixture
+def queue() -> Iterator[str]:
+    need_service("RabbitMQ", 5672)
+    name = unique("relay-test-commands-")
+    yield name
+    with pika.BlockingConnection(pika.URLParameters(URL)) as conn:
+        conn.channel().queue_delete(name)
+
+
+def publish(queue: str, *bodies: dict[str, object]) -> None:
+    with pika.BlockingConnection(pika.URLParameters(URL)) as conn:
+        channel = conn.channel()
+        channel.queue_declare(queue, durable=True)
+        for body in bodies:
+            channel.basic_publish(
+                "", queue, json.dumps(body).encode(), pika.BasicProperties(delivery_mode=2)
+            )
+
+
+def counts(queue: str) -> tuple[int, int]:
+    """(ready, unacknowledged) messages of ``queue``, as the broker sees them."""
+    out = subprocess.run(
+        [
+            "rabbitmqctl",
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    for line in out.splitlines():
+        name, ready, unacked = line.split()
+        if name == queue:
+            return int(ready), int(unacked)
+    raise AssertionError(f"no queue {queue}")
+
+
+def config(device_url: str, queue: str) -> str:
+    return (
+        f'[commands]\namqp_queue = "{queue}"\namqp_url = "{URL}"\nttl_s = 60\n'
+        f'[[devices]]\nname = "heater"\ntype = "http"\nurl = "{device_url}"\n'
+    )
+
+
+def test_acked_only_after_the_outcome(
+    queue: str, write_config: Callable[..., Path], state_dir: Path
+) -> None:
+    with RemoteServer(lambda r, n: Reply(200, delay=3)) as device:
+        cfg = write_config(config(device.url, queue))
+        with running_agent(cfg):
+            publish(
+                queue,
+                {"device": "heater", "action": "on", "id": "a1"},
+                {"device": "heater", "action": "off", "id": "a2"},
+            )
+            wait_for(lambda: len(device.received) == 1, 15, "the device to take a1")
+            assert counts(queue) == (1, 1)  # a1 in hand and unacked, a2 not yet delivered
+            wait_for(lambda: len(outcomes(state_dir)) == 2, 20, "both outcomes")
+            wait_for(lambda: counts(queue) == (0, 0), 10, "both acked")
+    assert executed(device) == ["a1", "a2"]
+    assert {o["source"] for o in outcomes(state_dir).values()} == {"amqp"}
+
+
+def test_bad_messages_are_dead_lettered_and_acked(
+    queue: str, write_config: Callable[..., Path], state_dir: Path
+) -> None:
+    with RemoteServer() as device:
+        cfg = write_config(config(device.url, queue))
+        with running_agent(cfg):
+            publish(
+                queue,
+                {"device": "heater", "action": "on; reboot"},
+                {"device": "toaster", "action": "on", "id": "t"},
+            )
+            wait_for(lambda: "t" in outcomes(state_dir), 10)
+            wait_for(lambda: counts(queue) == (0, 0), 10, "both acked")
+    assert outcomes(state_dir)["t"]["status"] == "failed"
+    listed = subprocess.run(
+        [*RELAY, "dlq", "list", "--sink", "@commands", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "bad command: action must be" in listed
+    assert executed(device) == []
+
+
+@pytest.mark.slow
+def test_killed_mid_command_is_redelivered_and_skipped(
+    queue: str, write_config: Callable[..., Path], state_dir: Path, relay_env: dict[str, str]
+) -> None:
+    with RemoteServer(lambda r, n: Reply(200, delay=2)) as device:
+        cfg = write_config(config(device.url, queue))
+        with subprocess.Popen(
+            [*RELAY, "run", "--config", str(cfg)], stderr=subprocess.PIPE, text=True, env=relay_env
+        ) as agent:
+            assert agent.stderr is not None
+            for line in agent.stderr:
+                if "consuming commands" in line:
+                    break
+            publish(queue, {"device": "heater", "action": "on", "id": "k1"})
+            wait_for(lambda: len(device.received) == 1, 15, "the device to take k1")
+            agent.send_signal(signal.SIGKILL)
+            agent.wait()
+        with running_agent(cfg):
+            wait_for(lambda: "k1" in outcomes(state_dir), 15, "k1's outcome")
+            wait_for(lambda: counts(queue) == (0, 0), 15, "the redelivery to be acked")
+    assert executed(device) == ["k1"]  # never twice
+    assert outcomes(state_dir)["k1"]["status"] == "interrupted"
