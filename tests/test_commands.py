@@ -81,8 +81,8 @@ def run_all(ex: CommandExecutor, now: float = 0.0) -> list[Step]:
         if step is Step.IDLE:
             return steps
         if step in (Step.RETRY, Step.WAIT):
-            assert ex._current is not None  # noqa: SLF001
-            now = ex._current.next_attempt  # noqa: SLF001
+            assert ex._current is not None
+            now = ex._current.next_attempt
     raise AssertionError("never idle")
 
 

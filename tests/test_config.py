@@ -19,7 +19,8 @@ from tests.helpers.common import RELAY
 
 EXAMPLE = Path(__file__).parent.parent / "etc" / "relay.toml"
 SECRET = "hunter2-do-not-print"
-EXAMPLE_VALUES = {"queue", "on_active", "on_inactive"}  # keys the example sets to show their use, not their default
+# Keys the example sets to show their use, not their default.
+EXAMPLE_VALUES = {"queue", "on_active", "on_inactive"}
 
 
 def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
