@@ -25,7 +25,9 @@ from relay.config import AmqpSinkConfig
 from relay.errors import ConfigError, TransientError
 from relay.event import Event
 from relay.forwarder import Forwarder, Policy, Step, WaitingSink
-from relay.sinks.amqp import AmqpSink, ConfirmWindow, Outcome, _describe
+from relay.sinks.amqp import AmqpSink
+from relay.sinks.amqp_wire import describe
+from relay.sinks.confirms import ConfirmWindow, Outcome
 from relay.spool import Spool
 
 # ------------------------------------------------------------------ ConfirmWindow
@@ -213,12 +215,12 @@ def test_any_order_of_answers_gives_the_acked_prefix(
 def test_describe_digs_out_the_innermost_reason() -> None:
     refused = AMQPConnectorSocketConnectError(ConnectionRefusedError(111, "Connection refused"))
     workflow = AMQPConnectionWorkflowFailed([refused])
-    assert _describe(pika.exceptions.AMQPConnectionError(workflow)) == "Connection refused"
+    assert describe(pika.exceptions.AMQPConnectionError(workflow)) == "Connection refused"
     closed = pika.exceptions.ConnectionClosedByBroker(320, "CONNECTION_FORCED - shutdown")
-    assert _describe(closed) == "320 CONNECTION_FORCED - shutdown"
+    assert describe(closed) == "320 CONNECTION_FORCED - shutdown"
     heartbeat = pika.exceptions.AMQPHeartbeatTimeout("No activity in the last 3 seconds")
-    assert _describe(heartbeat) == "No activity in the last 3 seconds"
-    assert _describe(None) == "unknown reason"
+    assert describe(heartbeat) == "No activity in the last 3 seconds"
+    assert describe(None) == "unknown reason"
 
 
 # ------------------------------------------------------------------ config

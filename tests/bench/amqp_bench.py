@@ -22,7 +22,7 @@ import pika
 from relay.agent import Agent
 from relay.config import AmqpSinkConfig, Settings
 from relay.event import Event
-from relay.sinks.amqp import properties
+from relay.sinks.amqp_wire import properties
 from relay.spool import Spool
 
 URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
