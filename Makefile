@@ -5,10 +5,15 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test lint bench clean
 
+# The systemd extra (systemd-python) compiles against libsystemd, so it is added where
+# pkg-config finds libsystemd (.ci/run installs libsystemd-dev first): `make demo` still works
+# on a machine without it, and the tests that need it skip there.
+EXTRAS := test$(shell pkg-config --exists libsystemd 2>/dev/null && echo ,systemd)
+
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
 demo: $(BIN)/.installed
@@ -18,6 +23,8 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	@if command -v shellcheck >/dev/null; then shellcheck scripts/install .ci/run; \
+	else echo "shellcheck not installed: scripts not linted"; fi
 
 test: lint
 	$(BIN)/pytest

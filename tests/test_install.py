@@ -1,0 +1,216 @@
+"""scripts/install into a temporary root (``--root``): a real venv with relay built from this
+tree, the unit, the config and the credentials directory with their modes; a second run
+changes nothing; the installed relay accepts the installed config; uninstall keeps the spool
+unless ``--purge``.
+
+``--root`` creates no user and calls no systemctl, so what only a real system shows (the
+relay user, root:relay ownership, daemon-reload) is not covered here."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.common import REQUIRE_BROKERS
+
+REPO = Path(__file__).resolve().parent.parent
+INSTALL = REPO / "scripts" / "install"
+
+pytestmark = pytest.mark.slow
+
+
+def run_install(
+    *args: str | Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(INSTALL), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        check=False,
+    )
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under ``root`` outside the venv with its mode and content, plus what the
+    venv has installed."""
+    seen: dict[str, str] = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if rel.startswith("opt/relay/"):
+            continue
+        if path.is_symlink():
+            seen[rel] = f"-> {os.readlink(path)}"
+        elif path.is_file():
+            seen[rel] = f"{mode(path):o} {hashlib.sha256(path.read_bytes()).hexdigest()}"
+        else:
+            seen[rel] = f"{mode(path):o} dir"
+    freeze = subprocess.run(
+        [str(root / "opt/relay/bin/pip"), "freeze", "--exclude-editable"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    # relay itself is installed again on every run (a source tree may have changed without
+    # a new version), from a fresh copy of the tree, which pip freeze names by its URL.
+    seen["pip freeze"] = re.sub(r"relay @ file://\S+", "relay @ <copy>", freeze.stdout)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One install into a temporary root, shared by the tests that only look at it."""
+    root = tmp_path_factory.mktemp("root")
+    result = run_install("--root", root)
+    if "missing Debian packages" in result.stderr:
+        if REQUIRE_BROKERS:
+            pytest.fail(result.stderr.strip())
+        pytest.skip(result.stderr.strip())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "relay install: /etc/relay.toml: config OK" in result.stdout
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_files_and_modes(root: Path) -> None:
+    unit = root / "etc/systemd/system/relay.service"
+    config = root / "etc/relay.toml"
+    assert unit.read_bytes() == (REPO / "systemd/relay.service").read_bytes()
+    assert mode(unit) == 0o644
+    assert config.read_bytes() == (REPO / "etc/relay.toml").read_bytes()
+    assert mode(config) == 0o640  # it may hold an amqp:// password
+    assert (root / "etc/relay").is_dir()
+    assert mode(root / "etc/relay") == 0o750
+    assert os.access(root / "opt/relay/bin/relay", os.X_OK)
+    assert os.readlink(root / "usr/local/bin/relay") == "/opt/relay/bin/relay"
+    assert not (root / "var/lib/relay").exists()  # StateDirectory= makes it, owned by relay
+
+
+def test_the_installed_relay_accepts_the_installed_config(root: Path) -> None:
+    python = root / "opt/relay/bin/python"
+    where = subprocess.run(
+        [str(python), "-c", "import relay, systemd.journal; print(relay.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,  # not the repo, whose relay/ would shadow the installed one
+    )
+    assert where.stdout.startswith(str(root / "opt/relay/lib/")), where.stdout
+    check = subprocess.run(
+        [
+            str(root / "opt/relay/bin/relay"),
+            "check-config",
+            "--config",
+            str(root / "etc/relay.toml"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=root,
+    )
+    assert check.returncode == 0, check.stderr
+    assert check.stderr.strip().endswith("config OK")
+
+
+def test_a_second_run_changes_nothing_and_keeps_an_edited_config(root: Path) -> None:
+    config = root / "etc/relay.toml"
+    config.write_text(config.read_text().replace('node = "hall-pi"', 'node = "garage-pi"'))
+    before = snapshot(root)
+    result = run_install("--root", root)
+    assert result.returncode == 0, result.stderr
+    assert "relay install: error" not in result.stderr
+    assert "kept the existing /etc/relay.toml" in result.stdout
+    assert "installed /etc/systemd/system/relay.service" not in result.stdout
+    assert "created the venv" not in result.stdout
+    assert snapshot(root) == before
+
+
+def test_uninstall_keeps_the_spool_and_config_unless_purged(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    files = {
+        "opt/relay/bin/relay": "venv",
+        "etc/systemd/system/relay.service": "unit",
+        "etc/systemd/system/relay.service.d/override.conf": "drop-in",
+        "etc/relay.toml": "config",
+        "etc/relay/cloud.token": "secret",
+        "var/lib/relay/spool.db": "spool",
+    }
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    (root / "usr/local/bin").mkdir(parents=True)
+    (root / "usr/local/bin/relay").symlink_to("/opt/relay/bin/relay")
+
+    result = run_install("--root", root, "--uninstall")
+    assert result.returncode == 0, result.stderr
+    assert not (root / "opt/relay").exists()
+    assert not (root / "etc/systemd/system/relay.service").exists()
+    assert not (root / "usr/local/bin/relay").is_symlink()
+    for kept in ["etc/relay.toml", "etc/relay/cloud.token", "var/lib/relay/spool.db"]:
+        assert (root / kept).read_text() == files[kept]
+
+    result = run_install("--root", root, "--uninstall", "--purge")
+    assert result.returncode == 0, result.stderr
+    for gone in [
+        "etc/relay.toml",
+        "etc/relay",
+        "var/lib/relay",
+        "etc/systemd/system/relay.service.d",
+    ]:
+        assert not (root / gone).exists(), gone
+
+
+def test_an_unrelated_relay_command_is_left_alone(tmp_path: Path) -> None:
+    link = tmp_path / "usr/local/bin/relay"
+    link.parent.mkdir(parents=True)
+    link.symlink_to("/usr/bin/something-else")
+    assert run_install("--root", tmp_path, "--uninstall").returncode == 0
+    assert link.is_symlink()
+
+
+def test_missing_prerequisites_are_named_in_one_line(tmp_path: Path) -> None:
+    """On a machine without gcc and pkg-config, the script says which Debian packages to
+    install, before changing anything."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(os.path.realpath(sys.executable))  # not pyenv's shim
+    for tool in ["bash", "dirname", "mkdir"]:
+        found = shutil.which(tool)
+        assert found is not None, tool
+        (bin_dir / tool).symlink_to(found)
+    env = {**os.environ, "PATH": str(bin_dir)}
+    result = run_install("--root", tmp_path / "root", env=env)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "relay install: error: missing Debian packages: gcc pkg-config libsystemd-dev "
+        "(sudo apt install gcc pkg-config libsystemd-dev)"
+    ]
+    assert not (tmp_path / "root/opt").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bogus"], "unknown option --bogus (see --help)"),
+        (["--purge"], "--purge goes with --uninstall"),
+        (["--root"], "--root needs a directory"),
+    ],
+)
+def test_bad_options_are_one_line(args: list[str], message: str) -> None:
+    result = run_install(*args)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"relay install: error: {message}"]
