@@ -9,14 +9,20 @@ retry`` appends a dead letter again as a new row for that one sink, with the sam
 
 Writes go through one writer thread that applies every queued operation in one transaction
 (group commit) and only then reports each one done: no producer hears "stored" before the
-commit that stored it has returned. Reads share the connection under a lock. Other processes
-(``relay push``, ``relay dlq``) open the same file; SQLite's locks and ``BEGIN IMMEDIATE``
-serialise the writers, and the byte count lives in the file so the cap holds across them.
+commit that stored it has returned. Reads use a second connection under a lock of their own
+(WAL lets them run during a commit; an in-memory spool has one connection, shared). Other
+processes (``relay push``, ``relay dlq``) open the same file; SQLite's locks and ``BEGIN
+IMMEDIATE`` serialise the writers, and the byte count lives in the file so the cap holds
+across them.
 
-    model.py   what the spool hands out (records, leases, dead letters, stats)
-    file.py    the file: schema, migrations, pragmas, corrupt-file handling
-    txn.py     the writes, inside one group-commit transaction
-    spool.py   the thread-safe ``Spool`` and its writer thread
+    model.py     what the spool hands out (records, leases, dead letters, stats)
+    file.py      the file: schema, migrations, pragmas, corrupt-file handling
+    txn.py       the writes, inside one group-commit transaction
+    commands.py  the device-command queue's writes and reads
+    writer.py    the writer thread: the bounded operation queue and group commit
+    changes.py   the wake-ups: version counters, waits and subscriptions
+    stats.py     the statistics ``relay status`` shows
+    spool.py     the thread-safe ``Spool`` that composes them: the public API
 """
 
 from relay.spool.model import (

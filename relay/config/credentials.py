@@ -1,0 +1,37 @@
+"""Secrets read from files: every secret key (``password``, ``token``) has a ``*_file`` twin.
+
+A relative ``*_file`` names a file in ``$CREDENTIALS_DIRECTORY`` (systemd ``LoadCredential=``).
+Validation errors name the key and the path, never the file's content.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+def with_secret(data: Any, file_key: str, key: str) -> Any:
+    """Before validation: put the content of ``file_key``'s file under ``key``."""
+    if isinstance(data, dict) and data.get(file_key):
+        data = {**data, key: read_secret(Path(data[file_key]), file_key)}
+    return data
+
+
+def read_secret(path: Path, key: str) -> str:
+    """The text of the secret file ``path`` (given as ``key``); ValueError if unreadable."""
+    if not path.is_absolute():
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not creds:
+            raise ValueError(
+                f"{key} {str(path)!r} is relative: give an absolute path, or run under systemd "
+                "with LoadCredential= so that $CREDENTIALS_DIRECTORY is set"
+            )
+        path = Path(creds) / path
+    try:
+        # A trailing newline is an editor's, never part of the secret.
+        return path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ValueError(f"cannot read {key} {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{key} {path} is not UTF-8 text") from None

@@ -1,0 +1,100 @@
+"""The ``[[sinks]]`` tables: where events go, one model per ``type``, with the retry policy
+every sink shares."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from relay.config.credentials import read_secret, with_secret
+from relay.config.types import Duration, OptionalPath, Section, check_url
+
+
+class SinkBase(Section):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    max_retries: int = Field(5, ge=0)
+    max_age: Duration | None = None
+    retry_initial: Duration = timedelta(seconds=0.5)
+    retry_factor: float = Field(2.0, ge=1.0)
+    retry_max: Duration = timedelta(minutes=5)
+
+
+class HttpSinkConfig(SinkBase):
+    type: Literal["http"]
+    url: str
+    token: SecretStr | None = None
+    token_file: OptionalPath = None
+    headers: dict[str, str] = {}
+    timeout_s: float = Field(10.0, gt=0)
+    ca_file: OptionalPath = None
+    cert_file: OptionalPath = None
+    key_file: OptionalPath = None
+    batch_max: int = Field(1, ge=1, le=10_000)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        return check_url(url, ("http", "https"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _load_token(cls, data: Any) -> Any:
+        return with_secret(data, "token_file", "token")
+
+
+class AmqpSinkConfig(SinkBase):
+    type: Literal["amqp"]
+    url: SecretStr
+    password_file: OptionalPath = None
+    exchange: str = ""
+    routing_key: str = ""
+    queue: str = ""
+    ca_file: OptionalPath = None
+    window: int = Field(100, ge=1, le=10_000)
+    heartbeat_s: int = Field(30, ge=0, le=600)
+    timeout_s: float = Field(30.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _amqp_url(cls, url: SecretStr) -> SecretStr:
+        check_url(url.get_secret_value(), ("amqp", "amqps"))
+        return url
+
+    @model_validator(mode="before")
+    @classmethod
+    def _load_password(cls, data: Any) -> Any:
+        """``password_file``'s content replaces the password in ``url`` (percent-encoded)."""
+        if not (isinstance(data, dict) and data.get("password_file")):
+            return data
+        password = read_secret(Path(data["password_file"]), "password_file")
+        url = data.get("url")
+        if isinstance(url, SecretStr):
+            url = url.get_secret_value()
+        if not isinstance(url, str):
+            return data  # the url's own validation reports what is wrong with it
+        parts = urlsplit(url)
+        userinfo, at, hostport = parts.netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        if not at or not user:
+            raise ValueError("password_file needs a user name in url (amqp://USER@host/)")
+        netloc = f"{user}:{quote(password, safe='')}@{hostport}"
+        return {**data, "url": urlunsplit(parts._replace(netloc=netloc))}
+
+    @model_validator(mode="after")
+    def _routable(self) -> AmqpSinkConfig:
+        if not (self.exchange or self.routing_key or self.queue):
+            raise ValueError("set queue, or exchange and routing_key: events need a destination")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_with_amqps(self) -> AmqpSinkConfig:
+        if self.ca_file and urlsplit(self.url.get_secret_value()).scheme != "amqps":
+            raise ValueError("ca_file is for amqps:// urls (TLS); this url is amqp://")
+        return self
+
+
+SinkConfig = Annotated[HttpSinkConfig | AmqpSinkConfig, Field(discriminator="type")]

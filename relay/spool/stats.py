@@ -1,0 +1,42 @@
+"""What ``relay status`` shows: the spool's size and, per sink, its backlog and last error."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from relay.spool.model import SinkStats, SpoolStats
+from relay.spool.txn import PENDING
+
+
+def spool_stats(
+    conn: sqlite3.Connection, *, path: str, durability: str, max_bytes: int
+) -> SpoolStats:
+    """The statistics of the spool file open as ``conn`` (the caller serialises its use).
+
+    ``path``, ``durability`` and ``max_bytes`` are the caller's settings, reported as given.
+    """
+    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    rows = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    sinks = [
+        _sink_stats(conn, row)
+        for row in conn.execute(
+            "SELECT name, cursor, head_seq, attempts, last_error, last_error_at, "
+            "delivered FROM sinks ORDER BY name"
+        ).fetchall()
+    ]
+    return SpoolStats(path, durability, meta["bytes"], max_bytes, rows, meta["dropped"], sinks)
+
+
+def _sink_stats(conn: sqlite3.Connection, row: tuple[Any, ...]) -> SinkStats:
+    name, cursor, head_seq, attempts, last_error, last_error_at, delivered = row
+    depth = conn.execute(f"SELECT count(*) {PENDING}", (cursor, name)).fetchone()[0]
+    head = conn.execute(
+        f"SELECT seq, spooled_at {PENDING} ORDER BY seq LIMIT 1", (cursor, name)
+    ).fetchone()
+    dead = conn.execute("SELECT count(*) FROM dead_letters WHERE sink=?", (name,)).fetchone()[0]
+    on_head = head is not None and head[0] == head_seq
+    return SinkStats(
+        name, depth, head[1] if head else None, attempts if on_head else 0,
+        last_error, last_error_at, delivered, dead,
+    )  # fmt: skip

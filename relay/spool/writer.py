@@ -1,0 +1,184 @@
+"""The spool's writer thread: the one thread that writes the file, with group commit.
+
+Every write is an operation, a function of a :class:`~relay.spool.txn.Txn`, queued on a
+bounded queue. The thread takes what is queued (up to ``_BATCH_OPS``), applies it all in one
+transaction and commits; only then does it report each operation done, so that no caller hears
+"stored" before the commit that stored it has returned. An operation the ``Txn`` refuses
+(``SpoolError``) fails alone and its neighbours go on; a failed commit fails the whole batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from relay.errors import SpoolClosed, SpoolError
+from relay.spool.txn import Txn
+
+log = logging.getLogger("relay.spool")
+
+T = TypeVar("T")
+# Called on the writer thread once the operation's commit returned: (result, None), or
+# (None, error) if the operation did not happen.
+Reply = Callable[[T | None, SpoolError | None], None]
+
+_BATCH_OPS = 1024  # most operations one commit takes
+_QUEUE_OPS = 8192  # bound on operations waiting for the writer
+_STOP = object()
+
+
+class _Op(Generic[T]):
+    """One queued write. A blocking caller waits on ``lock``, which the writer releases."""
+
+    __slots__ = ("apply", "error", "finished", "lock", "reply", "result")
+
+    def __init__(self, apply: Callable[[Txn], T], reply: Reply[T] | None = None) -> None:
+        self.apply = apply
+        self.reply = reply
+        self.result: T | None = None
+        self.error: SpoolError | None = None
+        self.finished = False
+        # The cheapest wait CPython has: a plain lock, taken now, released by the writer.
+        self.lock: threading.Lock | None = None
+        if reply is None:
+            self.lock = threading.Lock()
+            self.lock.acquire()
+
+    def finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self.reply is not None:
+            self.reply(self.result, self.error)
+        elif self.lock is not None:
+            self.lock.release()
+
+
+class Writer:
+    """Owns the writes to ``conn`` (guarded by ``lock``) and the thread that makes them.
+
+    ``txn_factory(cursor)`` makes the ``Txn`` of each commit; ``on_committed(txn)`` runs on
+    the writer thread after a commit succeeded and its operations were reported.
+    """
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        lock: threading.Lock,
+        txn_factory: Callable[[sqlite3.Cursor], Txn],
+        on_committed: Callable[[Txn], None],
+    ) -> None:
+        self._conn = conn
+        self._lock = lock
+        self._txn_factory = txn_factory
+        self._on_committed = on_committed
+        self._ops: queue.Queue[_Op[Any] | object] = queue.Queue(_QUEUE_OPS)
+        self._closed = False
+        self._submit_lock = threading.Lock()  # orders submissions against stop()
+        self._thread = threading.Thread(target=self._loop, name="spool-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`stop` was called: nothing more is accepted."""
+        return self._closed
+
+    def call(self, apply: Callable[[Txn], T]) -> T:
+        """``apply``'s result once its commit returned; raises its ``SpoolError``, or
+        ``SpoolClosed`` if the writer is stopped. Blocks while the queue is full."""
+        op = _Op(apply)
+        self._submit(op)
+        assert op.lock is not None
+        op.lock.acquire()
+        if op.error is not None:
+            raise op.error
+        return op.result  # type: ignore[return-value]
+
+    def submit(self, apply: Callable[[Txn], T], reply: Reply[T]) -> None:
+        """Queue ``apply`` and return; ``reply`` reports it after the commit (quick, and never
+        calling the spool: it runs on the thread that would serve the call)."""
+        self._submit(_Op(apply, reply))
+
+    def stop(self) -> bool:
+        """Refuse new operations and queue the stop behind those queued, which still commit.
+        Returns False if it was stopped already."""
+        with self._submit_lock:
+            if self._closed:
+                return False
+            self._closed = True
+            self._ops.put(_STOP)
+        return True
+
+    def join(self) -> None:
+        """Wait until the operations queued before :meth:`stop` are done."""
+        self._thread.join()
+
+    def _submit(self, op: _Op[Any]) -> None:
+        # Under the lock, so that nothing is queued behind the stop marker, never answered.
+        with self._submit_lock:
+            if self._closed:
+                raise SpoolClosed("the spool is closed")
+            self._ops.put(op)
+
+    def _loop(self) -> None:
+        while True:
+            item = self._ops.get()
+            batch: list[_Op[Any]] = []
+            while item is not _STOP:
+                assert isinstance(item, _Op)
+                batch.append(item)
+                if len(batch) >= _BATCH_OPS:
+                    break
+                try:
+                    item = self._ops.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                try:
+                    self._commit(batch)
+                except Exception as exc:  # the thread's top: a bug must not hang every caller
+                    log.exception("spool writer failed")
+                    self._fail(batch, exc)
+            if item is _STOP:
+                return
+
+    def _fail(self, batch: list[_Op[Any]], exc: Exception) -> None:
+        with self._lock, contextlib.suppress(sqlite3.Error):
+            self._conn.execute("ROLLBACK")
+        error = SpoolError(f"spool writer failed: {exc!r}")
+        for op in batch:
+            if not op.finished:  # one already reported keeps its answer: its caller may read it
+                op.error, op.result = error, None
+                op.finish()
+
+    def _commit(self, batch: list[_Op[Any]]) -> None:
+        txn: Txn | None = None
+        with self._lock:
+            c = self._conn.cursor()
+            try:
+                c.execute("BEGIN IMMEDIATE")
+                txn = self._txn_factory(c)
+                for op in batch:
+                    try:
+                        op.result = op.apply(txn)
+                    except SpoolError as exc:  # this one is refused; the others go on
+                        op.error = exc
+                txn.finish()
+                c.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    c.execute("ROLLBACK")
+                error = SpoolError(f"spool write failed: {exc}")
+                log.error("%s (%d operations not done)", error, len(batch))
+                for op in batch:
+                    op.error, op.result = error, None
+                txn = None
+        for op in batch:
+            op.finish()
+        if txn is not None:
+            self._on_committed(txn)

@@ -1,0 +1,98 @@
+"""The spool's writer on its own: group commit, one refused operation failing alone, a bug
+failing its batch without hanging anyone, and stop() answering everything queued before it."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from relay.errors import SpoolClosed, SpoolError
+from relay.event import Event
+from relay.spool import file
+from relay.spool.txn import Txn
+from relay.spool.writer import Writer
+
+
+class Harness:
+    def __init__(self) -> None:
+        self.conn = file.open_memory()
+        self.lock = threading.Lock()
+        self.committed: list[Txn] = []
+        self.writer = Writer(self.conn, self.lock, self.txn, self.committed.append)
+
+    def txn(self, c: sqlite3.Cursor) -> Txn:
+        return Txn(c, max_bytes=10**9, when_full="reject", now=0.0)
+
+    def rows(self) -> int:
+        with self.lock:
+            return int(self.conn.execute("SELECT count(*) FROM events").fetchone()[0])
+
+
+@pytest.fixture
+def h() -> Iterator[Harness]:
+    harness = Harness()
+    yield harness
+    harness.writer.stop()
+    harness.writer.join()
+
+
+def ev(n: int) -> Event:
+    return Event.new(node="t", source="test", name=f"e{n}", payload=n)
+
+
+def refuse(t: Txn) -> None:
+    raise SpoolError("refused")
+
+
+def bug(t: Txn) -> None:
+    raise KeyError("a bug")
+
+
+def test_call_returns_after_the_commit(h: Harness) -> None:
+    assert h.writer.call(lambda t: t.insert([ev(0)]) or 42) == 42
+    assert h.rows() == 1
+    assert len(h.committed) == 1
+
+
+def test_a_refused_operation_fails_alone(h: Harness) -> None:
+    replies: list[tuple[object, SpoolError | None]] = []
+    with h.lock:  # the writer waits here, so what follows is queued (mostly) for one commit
+        h.writer.submit(lambda t: t.insert([ev(0)]), lambda r, e: replies.append((r, e)))
+        h.writer.submit(refuse, lambda r, e: replies.append((r, e)))
+        h.writer.submit(lambda t: 7, lambda r, e: replies.append((r, e)))
+    h.writer.call(lambda t: None)
+    assert [r for r, _ in replies] == [None, None, 7]
+    assert [str(e) if e else None for _, e in replies] == [None, "refused", None]
+    assert h.rows() == 1
+
+
+def test_a_bug_fails_its_batch_and_the_writer_goes_on(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="relay.spool")
+    with pytest.raises(SpoolError, match="spool writer failed: KeyError"):
+        h.writer.call(bug)
+    assert "spool writer failed" in caplog.text
+    assert h.rows() == 0  # rolled back
+    h.writer.call(lambda t: t.insert([ev(1)]))
+    assert h.rows() == 1
+
+
+def test_stop_answers_what_was_queued_and_refuses_the_rest(h: Harness) -> None:
+    replies: list[SpoolError | None] = []
+    with h.lock:
+        h.writer.submit(lambda t: t.insert([ev(0)]), lambda _, e: replies.append(e))
+        assert h.writer.stop() is True
+        assert h.writer.stop() is False
+        assert h.writer.closed
+    h.writer.join()
+    assert replies == [None]
+    assert h.rows() == 1
+    with pytest.raises(SpoolClosed):
+        h.writer.call(lambda t: None)
+    with pytest.raises(SpoolClosed):
+        h.writer.submit(lambda t: None, lambda r, e: None)
