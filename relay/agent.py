@@ -9,6 +9,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import IO
 
@@ -17,9 +18,12 @@ from relay.config import Settings
 from relay.doorbell import Doorbell
 from relay.errors import AlreadyRunning, SpoolError
 from relay.spool import Spool
+from relay.systemd import Notifier, status_text
 from relay.wiring import Component
 
 log = logging.getLogger(__name__)
+
+STATUS_EVERY = 30.0  # seconds between STATUS= refreshes under systemd without a watchdog
 
 
 class Agent:
@@ -68,14 +72,89 @@ class Agent:
         assert self.spool is not None
         return wiring.components(self.settings, self.spool)
 
-    def run(self, stop: threading.Event) -> None:
-        """Start, wait for ``stop`` (set by a signal handler), then stop cleanly."""
+    def run(
+        self,
+        stop: threading.Event,
+        notifier: Notifier | None = None,
+        reload: threading.Event | None = None,
+    ) -> None:
+        """Start, supervise until ``stop`` is set (by a signal handler), then stop cleanly.
+
+        With systemd (``Type=notify``): READY=1 once started, WATCHDOG=1 while every
+        component is healthy, STATUS= when the queues change, and at the end STOPPING=1, or
+        RELOADING=1 when ``reload`` is set too (the caller then starts a new agent).
+        """
+        notifier = notifier or Notifier()
         try:
             self.start()
-            stop.wait()
-            log.info("stopping")
+            notifier.ready()
+            self._supervise(stop, notifier)
         finally:
+            reloading = reload is not None and reload.is_set()
+            log.info("reloading the config" if reloading else "stopping")
+            if reloading:
+                notifier.reloading()
+            else:
+                notifier.stopping()
             self.stop()
+
+    def _supervise(self, stop: threading.Event, notifier: Notifier) -> None:
+        """Sleep until ``stop``, waking only to ping the watchdog (half its period) or, under
+        systemd without a watchdog, to refresh STATUS= now and then."""
+        watchdog = notifier.watchdog_interval()
+        tick = watchdog if watchdog is not None else (STATUS_EVERY if notifier.enabled else None)
+        seen: object = None
+        healthy = True
+        while True:
+            state = self._state()
+            if state != seen:
+                notifier.status(self.status_line())
+                seen = state
+            if stop.wait(tick):
+                return
+            now_healthy = self.healthy()
+            if now_healthy and watchdog is not None:
+                notifier.watchdog()
+            if now_healthy != healthy:
+                log.log(
+                    logging.INFO if now_healthy else logging.ERROR,
+                    "%s",
+                    "all components are making progress again"
+                    if now_healthy
+                    else f"not making progress: {', '.join(self.stalled())}; "
+                    "the watchdog is not pinged (systemd restarts relay)",
+                )
+                healthy = now_healthy
+
+    def stalled(self) -> list[str]:
+        """Components whose thread died or is stuck in one step for too long."""
+        return [c.name for c in self.components if not c.alive()]
+
+    def healthy(self) -> bool:
+        return not self.stalled()
+
+    def _state(self) -> tuple[int, tuple[str | None, ...]]:
+        """What STATUS= depends on, cheaply: the spool's version and the errors."""
+        assert self.spool is not None
+        errors = tuple(getattr(c, "last_error", None) for c in self.components)
+        return self.spool.version, errors
+
+    def status_line(self) -> str:
+        """STATUS=: queue depth per sink, and the latest error anywhere."""
+        assert self.spool is not None
+        stats = self.spool.stats()
+        errors = [
+            (s.last_error_at or 0.0, f"{s.name}: {s.last_error}")
+            for s in stats.sinks
+            if s.last_error and s.attempts
+        ]
+        errors += [
+            (time.time(), f"{c.name}: {error}")
+            for c in self.components
+            if (error := getattr(c, "last_error", None)) and not hasattr(c, "sink")
+        ]
+        latest = max(errors)[1] if errors else None
+        return status_text({s.name: s.depth for s in stats.sinks}, latest)
 
     def stop(self) -> None:
         """Stop components in reverse order, then flush and close the spool. Idempotent."""

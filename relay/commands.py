@@ -79,7 +79,7 @@ class CommandExecutor:
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
         self.backoff = backoff or Backoff(initial=0.5, factor=2.0, cap=5.0)
-        self.last_progress = clock()
+        self.busy_since: float | None = None  # monotonic start of the step under way
         self._rng = rng or random.Random()
         self._clock, self._wall = clock, wall
         self._current: _Running | None = None
@@ -256,7 +256,11 @@ class CommandExecutor:
             device.close()
 
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """For the watchdog: running, and no step past twice the command timeout (drivers
+        honour the timeout, so longer is a hang)."""
+        busy_since = self.busy_since
+        stuck = busy_since is not None and self._clock() - busy_since > 2 * self.timeout_s + 10
+        return self._thread is not None and self._thread.is_alive() and not stuck
 
     @property
     def attempts(self) -> int:
@@ -268,6 +272,7 @@ class CommandExecutor:
         errors = 0
         while not self._stop.is_set():
             version = self.spool.commands_version  # before looking: no missed wake-up
+            self.busy_since = self._clock()
             try:
                 step = self.step(self._clock())
                 errors = 0
@@ -277,7 +282,8 @@ class CommandExecutor:
                 log.exception("command executor error; retrying in %.1fs", delay)
                 self._stop.wait(delay)
                 continue
-            self.last_progress = self._clock()
+            finally:
+                self.busy_since = None
             if step is Step.IDLE:
                 self.spool.wait_for_command(version, None)
             elif step in (Step.WAIT, Step.RETRY) and self._current is not None:

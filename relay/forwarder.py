@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from relay import crashpoints
 from relay.backoff import Backoff
 from relay.errors import PermanentError, SendError, TransientError
 from relay.sinks import Sink
@@ -59,6 +60,7 @@ class Policy:
     max_age: float | None = None  # seconds in the spool after which transient retries stop
     backoff: Backoff = field(default_factory=Backoff)
     batch_max: int = 1
+    stall_s: float = 120.0  # one step taking longer than this means the thread is wedged
 
 
 class Forwarder:
@@ -79,7 +81,7 @@ class Forwarder:
         self.next_attempt = float("-inf")  # monotonic time of the next retry
         self.failing_since: float | None = None
         self.last_error: str | None = None
-        self.last_progress = clock()  # for the watchdog: the loop is not wedged
+        self.busy_since: float | None = None  # monotonic start of the step under way
         self._rng = rng or random.Random()
         self._wall = wall
         self._clock = clock
@@ -102,6 +104,7 @@ class Forwarder:
         lease = head if limit == 1 else self.spool.lease(self.name, limit, after=self._acked)
         records = lease.records
         started = self._clock()
+        crashpoints.wedge("forwarder.send")
         try:
             self.sink.send([r.event for r in records])
         except SendError as exc:
@@ -111,7 +114,10 @@ class Forwarder:
         self.next_attempt = float("-inf")
         if self.failing_since is not None:
             log.info(
-                "sink %s: delivering again (failing for %.0fs)", self.name, now - self.failing_since
+                "sink %s: delivering again (failing for %.0fs)",
+                self.name,
+                now - self.failing_since,
+                extra={"SINK": self.name},
             )
             self.failing_since = None
         return Step.SENT
@@ -136,7 +142,12 @@ class Forwarder:
         self.next_attempt = now + delay
         if self.failing_since is None or error != self.last_error:
             log.warning(
-                "sink %s: %s; retrying in %.1fs (attempt %d)", self.name, error, delay, attempts
+                "sink %s: %s; retrying in %.1fs (attempt %d)",
+                self.name,
+                error,
+                delay,
+                attempts,
+                extra={"SINK": self.name, "EVENT_ID": head.event.id},
             )
         self.failing_since = self.failing_since if self.failing_since is not None else now
         self.last_error = error
@@ -150,14 +161,20 @@ class Forwarder:
 
     def _dead(self, head: Record, reason: str) -> Step:
         self.spool.dead_letter(self.name, head.seq, reason)
-        log.warning("sink %s: event %s dead-lettered: %s", self.name, head.event.id, reason)
+        log.warning(
+            "sink %s: event %s dead-lettered: %s",
+            self.name,
+            head.event.id,
+            reason,
+            extra={"SINK": self.name, "EVENT_ID": head.event.id},
+        )
         self.next_attempt = float("-inf")
         return Step.DEAD
 
     # ---------------------------------------------------------------- the thread
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name=f"forward-{self.name}")
+        self._thread = threading.Thread(target=self.run, name=f"forward-{self.name}", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -167,26 +184,46 @@ class Forwarder:
         if self._waiter is not None:
             self._waiter.wake()
         if self._thread is not None:
-            self._thread.join()
+            # A send is bounded by its deadline; a thread still inside one after that is
+            # wedged, and is left behind (a daemon) rather than holding up the stop.
+            self._thread.join(self.policy.stall_s)
+            if self._thread.is_alive():
+                log.error(
+                    "sink %s: the forwarder did not stop; leaving it",
+                    self.name,
+                    extra={"SINK": self.name},
+                )
+                return
         self.sink.close()
 
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """For the watchdog: the thread runs and is not stuck in one step (a send has its
+        own deadline, so a step far longer than that is a hang, not a slow far end)."""
+        busy_since = self.busy_since
+        stuck = busy_since is not None and self._clock() - busy_since > self.policy.stall_s
+        return self._thread is not None and self._thread.is_alive() and not stuck
 
     def run(self) -> None:
         errors = 0
         while not self._stop.is_set():
             version = self.spool.version  # before the lease: a put after it is not missed
+            self.busy_since = self._clock()
             try:
                 step = self.step(self._clock())
                 errors = 0
             except Exception:  # the thread's top: log, count, back off, go on
                 errors += 1
                 delay = self.policy.backoff.delay(errors, self._rng)
-                log.exception("sink %s: forwarder error; retrying in %.1fs", self.name, delay)
+                log.exception(
+                    "sink %s: forwarder error; retrying in %.1fs",
+                    self.name,
+                    delay,
+                    extra={"SINK": self.name},
+                )
                 self._sleep(delay)
                 continue
-            self.last_progress = self._clock()
+            finally:
+                self.busy_since = None
             if step is Step.IDLE:
                 self._idle(version)
             elif step is Step.WAIT or step is Step.RETRY:

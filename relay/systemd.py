@@ -87,6 +87,10 @@ class Notifier:
         """relay is alive and making progress; send every :meth:`watchdog_interval` seconds."""
         self._notify("WATCHDOG=1")
 
+    def reloading(self) -> None:
+        """The config is being reloaded (SIGHUP); :meth:`ready` follows when done."""
+        self._notify("RELOADING=1")
+
     def stopping(self) -> None:
         """Shutdown has begun (so a slow drain is not taken for a hang)."""
         self._notify("STOPPING=1")

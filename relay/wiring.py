@@ -96,6 +96,8 @@ def policy(cfg: SinkConfig) -> Policy:
             cfg.retry_initial.total_seconds(), cfg.retry_factor, cfg.retry_max.total_seconds()
         ),
         batch_max=cfg.batch_max if isinstance(cfg, HttpSinkConfig) else cfg.window,
+        # A send is bounded by the sink's timeout; a step far past it is a wedged thread.
+        stall_s=2 * cfg.timeout_s + 10,
     )
 
 

@@ -25,12 +25,17 @@ def state_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def write_config(tmp_path: Path, state_dir: Path) -> Callable[..., Path]:
-    """Write a relay.toml whose state_dir is this test's; returns its path."""
+    """Write a relay.toml whose state_dir is this test's; returns its path.
+
+    Mode 0640, as the installer writes /etc/relay.toml: ``relay run`` refuses a file every
+    user may read while it holds a secret inline (relay.config.permission_problems).
+    """
 
     def write(body: str = "", *, name: str = "relay.toml") -> Path:
         path = tmp_path / name
         head = f'node = "test-node"\nstate_dir = "{state_dir}"\n'
         path.write_text(head + textwrap.dedent(body))
+        path.chmod(0o640)
         return path
 
     return write

@@ -89,6 +89,7 @@ class MqttSource:
         self._subscribed = False  # this process has subscribed once (session may keep it)
         self._refusing = False  # a put failed: ack nothing more on this connection
         self.connected_once = False  # the current connection got a CONNACK
+        self._last_tick = time.monotonic()  # the network loop's last round, for alive()
         self._client = self._make_client()
         self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
 
@@ -146,7 +147,10 @@ class MqttSource:
         self._thread.join()
 
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        """For the watchdog: the network loop still comes round (at least every keepalive/2,
+        or after each reconnect pause)."""
+        late = time.monotonic() - self._last_tick > self.cfg.keepalive_s + 30
+        return self._thread.is_alive() and not late
 
     def _run(self) -> None:
         failures = 0  # connections in a row that failed or were handed back
@@ -191,6 +195,7 @@ class MqttSource:
         # often enough to send the keepalive ping in time; never on a one-second tick.
         tick = self.cfg.keepalive_s / 2
         while not self._stop.is_set():
+            self._last_tick = time.monotonic()
             rc = self._client.loop(timeout=tick)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 return
@@ -200,6 +205,7 @@ class MqttSource:
         if error != self.last_error or attempt == 1:
             log.warning("mqtt: %s; reconnecting in %.1fs", error, delay)
         self.last_error = error
+        self._last_tick = time.monotonic() + delay  # a pause is not a hang
         self._stop.wait(delay)
 
     # ---------------------------------------------------------------- callbacks (network thread)
