@@ -3,8 +3,8 @@ watchdog variables, signals. (There is no systemd as PID 1 here.)"""
 
 from __future__ import annotations
 
-import itertools
 import contextlib
+import itertools
 import signal
 import socket
 import subprocess

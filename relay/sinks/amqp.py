@@ -245,10 +245,10 @@ class AmqpSink:
 
     # ---------------------------------------------------------------- pika's callbacks
 
-    def _on_closed(self, conn: Any, reason: Exception | str) -> None:
+    def _on_closed(self, conn: Any, why: Exception | str) -> None:
         """The connection failed to open, or closed: broker, network, heartbeat, or us."""
-        if isinstance(reason, str):  # pika's on_open_error_callback may pass a message
-            reason = pika.exceptions.AMQPConnectionError(reason)
+        # pika's on_open_error_callback may pass a message rather than an exception
+        reason = pika.exceptions.AMQPConnectionError(why) if isinstance(why, str) else why
         if conn in self._closing:
             self._closing.remove(conn)
         elif conn is self._conn:

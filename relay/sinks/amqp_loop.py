@@ -26,7 +26,7 @@ class PikaLoop:
         # pika's poller wakes every 5 s even with nothing due (_PollerBase._MAX_POLL_TIMEOUT,
         # "a backstop"). Every timer here is on this loop and wake() interrupts its poll, so
         # the backstop only costs an idle agent 12 wake-ups a minute (P7).
-        self.ioloop._poller._MAX_POLL_TIMEOUT = 3600  # type: ignore[attr-defined]
+        self.ioloop._poller._MAX_POLL_TIMEOUT = 3600  # type: ignore[attr-defined, unused-ignore]
         self._until: Callable[[], bool] | None = None  # what run_until waits for
         self._woken = threading.Event()
 
