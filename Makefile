@@ -26,8 +26,11 @@ lint: $(BIN)/.installed
 	@if command -v shellcheck >/dev/null; then shellcheck scripts/install .ci/run; \
 	else echo "shellcheck not installed: scripts not linted"; fi
 
+# Most tests wait on brokers, sockets and child processes rather than the CPU, so four
+# workers fit two cores; --dist loadfile keeps a module's tests (and its shared private
+# broker) on one worker.
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 4 --dist loadfile
 
 bench: $(BIN)/.installed
 	$(BIN)/python tests/bench/spool_bench.py
