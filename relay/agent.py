@@ -54,9 +54,11 @@ class Agent:
             self._doorbell.start()
         except OSError as exc:
             raise SpoolError(str(exc)) from None
-        self.components = self._build()
-        for component in self.components:
+        # Only what has started is in self.components, so that stop() after a start that
+        # failed part way does not stop what never ran (a thread never started cannot join).
+        for component in self._build():
             component.start()
+            self.components.append(component)
         self.ready.set()
         stats = self.spool.stats()
         log.info(
