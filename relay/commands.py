@@ -27,6 +27,7 @@ from relay.backoff import Backoff
 from relay.devices import Device
 from relay.errors import DeviceError, DeviceUnavailable
 from relay.event import Command, Event
+from relay.metrics import NO_METRICS, Metrics
 from relay.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class CommandExecutor:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self.spool = spool
         self.devices = devices
@@ -82,6 +84,7 @@ class CommandExecutor:
         self.busy_since: float | None = None  # monotonic start of the step under way
         self._rng = rng or random.Random()
         self._clock, self._wall = clock, wall
+        self._metrics = metrics
         self._current: _Running | None = None
         self._received: dict[str, float] = {}  # id -> monotonic receive time, this process
         self._waiters: dict[str, list[Outcome]] = {}
@@ -209,6 +212,7 @@ class CommandExecutor:
             node=self.node, source="command", name=f"command.{cmd.device}", payload=payload
         )
         self.spool.finish_command(cmd.id, str(status), error, event)
+        self._metrics.command(cmd.device, str(status))
         level = logging.INFO if status is Status.OK else logging.WARNING
         log.log(
             level,

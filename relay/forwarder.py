@@ -20,7 +20,8 @@ from typing import Protocol, runtime_checkable
 
 from relay import crashpoints
 from relay.backoff import Backoff
-from relay.errors import PermanentError, SendError, TransientError
+from relay.errors import PermanentError, SendError, SpoolError, TransientError
+from relay.metrics import NO_METRICS, Metrics
 from relay.sinks import Sink
 from relay.spool import Record, Spool
 
@@ -73,6 +74,7 @@ class Forwarder:
         rng: random.Random | None = None,
         wall: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self.name = sink.name
         self.sink = sink
@@ -82,9 +84,12 @@ class Forwarder:
         self.failing_since: float | None = None
         self.last_error: str | None = None
         self.busy_since: float | None = None  # monotonic start of the step under way
+        self.delivered_at: float | None = None  # wall time of this process's last delivery
+        self._reached: bool | None = None  # see connected
         self._rng = rng or random.Random()
         self._wall = wall
         self._clock = clock
+        self._metrics = metrics
         self._solo_until = 0  # send one at a time up to this seq (finding a poison event)
         self._acked = 0  # the last seq acked; its commit may still be on its way
         self._stop = threading.Event()
@@ -106,11 +111,15 @@ class Forwarder:
         started = self._clock()
         crashpoints.wedge("forwarder.send")
         try:
-            self.sink.send([r.event for r in records])
+            with self._metrics.sending(self.name):
+                self.sink.send([r.event for r in records])
         except SendError as exc:
             # A retry is timed from the answer (Retry-After counts from there), not the ask.
             return self._failed(records, exc, now + self._clock() - started)
+        crashpoints.crash("after_send_before_ack")
+        self.delivered_at, self._reached = self._wall(), True  # before the ack lands
         self._ack(records[-1].seq)
+        self._metrics.delivered(self.name, len(records))
         self.next_attempt = float("-inf")
         if self.failing_since is not None:
             log.info(
@@ -123,8 +132,11 @@ class Forwarder:
         return Step.SENT
 
     def _failed(self, records: list[Record], exc: SendError, now: float) -> Step:
+        self._reached = isinstance(exc, PermanentError)  # it answered, if only to refuse
         if exc.delivered:  # a windowed sink got the front of the batch through
+            self.delivered_at = self._wall()
             self._ack(records[exc.delivered - 1].seq)
+            self._metrics.delivered(self.name, exc.delivered)
             records = records[exc.delivered :]
         head, error = records[0], str(exc)
         if isinstance(exc, PermanentError) and len(records) > 1:
@@ -151,6 +163,7 @@ class Forwarder:
             )
         self.failing_since = self.failing_since if self.failing_since is not None else now
         self.last_error = error
+        self._metrics.retried(self.name)
         return Step.RETRY
 
     def _ack(self, seq: int) -> None:
@@ -161,6 +174,7 @@ class Forwarder:
 
     def _dead(self, head: Record, reason: str) -> Step:
         self.spool.dead_letter(self.name, head.seq, reason)
+        self._metrics.dead_lettered(self.name)
         log.warning(
             "sink %s: event %s dead-lettered: %s",
             self.name,
@@ -170,6 +184,13 @@ class Forwarder:
         )
         self.next_attempt = float("-inf")
         return Step.DEAD
+
+    @property
+    def connected(self) -> bool | None:
+        """Whether the sink took (or answered) the last attempt: None before the first one,
+        False after a transient failure (down, unreachable, "come back later") until a send
+        goes through or is refused."""
+        return self._reached
 
     # ---------------------------------------------------------------- the thread
 
@@ -205,12 +226,27 @@ class Forwarder:
 
     def run(self) -> None:
         errors = 0
+        spool_error: str | None = None  # the spool's refusal (a full disk), logged once
         while not self._stop.is_set():
             version = self.spool.version  # before the lease: a put after it is not missed
             self.busy_since = self._clock()
             try:
                 step = self.step(self._clock())
-                errors = 0
+                errors, spool_error = 0, None
+            except SpoolError as exc:  # the disk is full or read-only: no bug, no traceback
+                errors += 1
+                delay = self.policy.backoff.delay(errors, self._rng)
+                if str(exc) != spool_error:
+                    log.error(
+                        "sink %s: %s; trying again in %.1fs",
+                        self.name,
+                        exc,
+                        delay,
+                        extra={"SINK": self.name},
+                    )
+                spool_error = str(exc)
+                self._sleep(delay)
+                continue
             except Exception:  # the thread's top: log, count, back off, go on
                 errors += 1
                 delay = self.policy.backoff.delay(errors, self._rng)

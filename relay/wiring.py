@@ -16,11 +16,13 @@ from relay.config import (
     HttpSinkConfig,
     MqttDeviceConfig,
     MqttSourceConfig,
+    RedisSinkConfig,
     Settings,
     SinkConfig,
 )
 from relay.devices import Device
 from relay.forwarder import Forwarder, Policy
+from relay.metrics import NO_METRICS, Metrics
 from relay.sinks import Sink
 from relay.spool import Spool
 
@@ -42,12 +44,17 @@ class Component(Protocol):
 
 def components(settings: Settings, spool: Spool) -> list[Component]:
     """Every component, in start order; the agent stops them in reverse, so inputs stop
-    first, then the command executor, then the MQTT connection, then the forwarders."""
-    built: list[Component] = [
-        Forwarder(build_sink(cfg), spool, policy(cfg)) for cfg in settings.sinks
+    first, then the command executor, then Home Assistant discovery and the MQTT connection,
+    then the forwarders. The metrics endpoint, when configured, comes first and stops last;
+    it binds its port when built, so a port already taken stops relay before anything runs."""
+    metrics, endpoint = _metrics(settings, spool)
+    forwarders = [
+        Forwarder(build_sink(cfg, metrics), spool, policy(cfg), metrics=metrics)
+        for cfg in settings.sinks
     ]
+    built: list[Component] = [*endpoint, *forwarders]
     factory = _pin_factory(settings)
-    mqtt = _mqtt(settings, spool)
+    mqtt = _mqtt(settings, spool, metrics)
     devices = {cfg.name: _device(cfg, mqtt, factory) for cfg in settings.devices}
     executor = None
     if devices or settings.commands.mqtt_topic or settings.commands.amqp_queue:
@@ -57,6 +64,7 @@ def components(settings: Settings, spool: Spool) -> list[Component]:
             node=settings.node,
             ttl_s=settings.commands.ttl_s,
             timeout_s=settings.commands.timeout_s,
+            metrics=metrics,
         )
     if mqtt is not None:
         if executor is not None and settings.commands.mqtt_topic:
@@ -64,6 +72,13 @@ def components(settings: Settings, spool: Spool) -> list[Component]:
 
             mqtt.commands = CommandTopic(settings.commands.mqtt_topic, executor.received)
         built.append(mqtt)
+        if settings.homeassistant.discovery:
+            from relay.homeassistant import HaDiscovery
+
+            ha = settings.homeassistant
+            built.append(
+                HaDiscovery(ha, node=settings.node, spool=spool, sinks=forwarders, broker=mqtt)
+            )
     if executor is not None:
         built.append(executor)
     queue_url = settings.command_queue_url()
@@ -101,7 +116,7 @@ def policy(cfg: SinkConfig) -> Policy:
     )
 
 
-def build_sink(cfg: SinkConfig) -> Sink:
+def build_sink(cfg: SinkConfig, metrics: Metrics = NO_METRICS) -> Sink:
     """The concrete sink for a config section."""
     if isinstance(cfg, HttpSinkConfig):
         from relay.sinks.http import HttpSink
@@ -110,23 +125,47 @@ def build_sink(cfg: SinkConfig) -> Sink:
     if isinstance(cfg, AmqpSinkConfig):
         from relay.sinks.amqp import AmqpSink
 
-        return AmqpSink(cfg)
+        return AmqpSink(cfg, metrics=metrics)
+    if isinstance(cfg, RedisSinkConfig):
+        from relay.sinks.redis import RedisSink
+
+        return RedisSink(cfg)
     raise AssertionError(f"unknown sink type {cfg!r}")
 
 
-def _mqtt(settings: Settings, spool: Spool) -> MqttSource | None:
+def _metrics(settings: Settings, spool: Spool) -> tuple[Metrics, list[Component]]:
+    """What the components count into, and the endpoint serving it (none without
+    ``[metrics] listen``: no port, no thread, and prometheus-client is not even imported)."""
+    address = settings.metrics.address
+    if address is None:
+        return NO_METRICS, []
+    from relay.metrics.prometheus import PrometheusMetrics
+    from relay.metrics.server import MetricsServer
+
+    metrics = PrometheusMetrics(
+        spool,
+        node=settings.node,
+        sinks=[cfg.name for cfg in settings.sinks],
+        devices=[cfg.name for cfg in settings.devices],
+        connections=[cfg.name for cfg in settings.sinks if isinstance(cfg, AmqpSinkConfig)],
+    )
+    return metrics, [MetricsServer(address, metrics.registry)]
+
+
+def _mqtt(settings: Settings, spool: Spool, metrics: Metrics = NO_METRICS) -> MqttSource | None:
     """The one MQTT connection, when anything needs it."""
     sources = [s for s in settings.sources if isinstance(s, MqttSourceConfig)]
     needs = (
         sources
         or settings.commands.mqtt_topic
         or any(isinstance(d, MqttDeviceConfig) for d in settings.devices)
+        or settings.homeassistant.discovery
     )
     if not needs:
         return None
     from relay.sources.mqtt import MqttSource
 
-    return MqttSource(settings.mqtt, sources, spool, node=settings.node)
+    return MqttSource(settings.mqtt, sources, spool, node=settings.node, metrics=metrics)
 
 
 def _device(cfg: Any, mqtt: MqttSource | None, factory: Any) -> Device:

@@ -57,9 +57,11 @@ def _fields(model: type[BaseModel]) -> set[str]:
         ("sources", config.MqttSourceConfig),
         ("sources", config.GpioSourceConfig),
         ("gpio", config.GpioConfig),
+        ("homeassistant", config.HomeAssistantConfig),
         ("devices", config.GpioDeviceConfig),
         ("sinks", config.HttpSinkConfig),
         ("sinks", config.AmqpSinkConfig),
+        ("sinks", config.RedisSinkConfig),  # commented out in the example: keys only
         ("devices", config.MqttDeviceConfig),
         ("devices", config.HttpDeviceConfig),
     ],

@@ -14,9 +14,10 @@ the modules are:
 
     types.py        Duration, Size, OptionalPath, the ``Section`` base, URL checks, mask_url
     credentials.py  secrets read from ``*_file`` and ``$CREDENTIALS_DIRECTORY``
-    sections.py     the single tables: [spool], [mqtt], [commands], [gpio]
+    sections.py     the single tables: [spool], [mqtt], [commands], [gpio], [metrics],
+                    [homeassistant]
     sources.py      [[sources]]: mqtt, gpio
-    sinks.py        [[sinks]]: http, amqp, and the retry policy they share
+    sinks.py        [[sinks]]: http, amqp, redis, and the retry policy they share
     devices.py      [[devices]]: gpio, mqtt, http
     settings.py     ``Settings``: the whole file, its cross-table checks, env over file
     problems.py     validation errors as one line per problem, never echoing a value
@@ -44,9 +45,22 @@ from relay.config.devices import (
 )
 from relay.config.permissions import permission_problems
 from relay.config.problems import first_line, problems
-from relay.config.sections import CommandsConfig, GpioConfig, MqttConfig, SpoolConfig
+from relay.config.sections import (
+    CommandsConfig,
+    GpioConfig,
+    HomeAssistantConfig,
+    MetricsConfig,
+    MqttConfig,
+    SpoolConfig,
+)
 from relay.config.settings import Settings
-from relay.config.sinks import AmqpSinkConfig, HttpSinkConfig, SinkBase, SinkConfig
+from relay.config.sinks import (
+    AmqpSinkConfig,
+    HttpSinkConfig,
+    RedisSinkConfig,
+    SinkBase,
+    SinkConfig,
+)
 from relay.config.sources import GpioSourceConfig, MqttSourceConfig, SourceConfig
 from relay.config.types import Duration, OptionalPath, Section, Size, mask_url
 from relay.errors import ConfigError
@@ -62,12 +76,15 @@ __all__ = [
     "GpioConfig",
     "GpioDeviceConfig",
     "GpioSourceConfig",
+    "HomeAssistantConfig",
     "HttpDeviceConfig",
     "HttpSinkConfig",
+    "MetricsConfig",
     "MqttConfig",
     "MqttDeviceConfig",
     "MqttSourceConfig",
     "OptionalPath",
+    "RedisSinkConfig",
     "Section",
     "Settings",
     "SinkBase",
@@ -123,7 +140,7 @@ def dump(settings: Settings) -> dict[str, Any]:
     """The effective config as plain data, secrets masked, for ``relay check-config``."""
     data: dict[str, Any] = settings.model_dump(mode="json")
     for sink, model in zip(data["sinks"], settings.sinks, strict=True):
-        if isinstance(model, AmqpSinkConfig):
+        if isinstance(model, AmqpSinkConfig | RedisSinkConfig):
             sink["url"] = mask_url(model.url.get_secret_value())
     if settings.commands.amqp_url is not None:
         data["commands"]["amqp_url"] = mask_url(settings.commands.amqp_url.get_secret_value())

@@ -1,12 +1,15 @@
-"""The single tables: ``[spool]``, ``[mqtt]``, ``[commands]`` and ``[gpio]``.
+"""The single tables: ``[spool]``, ``[mqtt]``, ``[commands]``, ``[gpio]``, ``[metrics]`` and
+``[homeassistant]``.
 
 Each configures something several components share (the spool file, the broker connection,
-the command queues, the pin library); the ``[[sources]]``, ``[[sinks]]`` and ``[[devices]]``
-lists have modules of their own.
+the command queues, the pin library) or the agent as a whole (its metrics endpoint); the
+``[[sources]]``, ``[[sinks]]`` and ``[[devices]]`` lists have modules of their own.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -62,3 +65,73 @@ class CommandsConfig(Section):
 class GpioConfig(Section):
     # gpiozero's pin factory: "lgpio" on a Pi (Bookworm and later), "mock" for demos/tests.
     pin_factory: Literal["lgpio", "rpigpio", "pigpio", "native", "mock"] = "lgpio"
+
+
+_HOSTNAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*$")
+
+
+def _host_port(listen: str) -> tuple[str, int]:
+    """ "127.0.0.1:9464", "localhost:9464", "[::1]:9464" as (host, port); else ValueError."""
+    host, colon, port = listen.rpartition(":")
+    if not colon or not host:
+        raise ValueError('expected "host:port", e.g. "127.0.0.1:9464" ("0.0.0.0:9464": all)')
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        raise ValueError("the port must be a number from 1 to 65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError("the host in [brackets] is not an IPv6 address") from None
+    elif not _HOSTNAME.match(host) or (host.replace(".", "").isdigit() and not _ipv4(host)):
+        # An IPv4 address matches the host name pattern; an IPv6 one needs its brackets
+        # (its colons would be taken for the port's).
+        raise ValueError("the host is not a host name or IP address (IPv6 goes in [brackets])")
+    return host, int(port)
+
+
+def _ipv4(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class MetricsConfig(Section):
+    # The Prometheus endpoint's "host:port"; "" (the default): no port, no server thread.
+    listen: str = ""
+
+    @field_validator("listen")
+    @classmethod
+    def _valid_listen(cls, listen: str) -> str:
+        if listen:
+            _host_port(listen)
+        return listen
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) to listen on, or None when metrics are off."""
+        return _host_port(self.listen) if self.listen else None
+
+
+class HomeAssistantConfig(Section):
+    # Home Assistant MQTT discovery over the [mqtt] connection (relay.homeassistant).
+    discovery: bool = False
+    discovery_prefix: str = Field("homeassistant", min_length=1)
+    birth_topic: str = Field("homeassistant/status", min_length=1)  # HA says "online" here
+    min_interval: Duration = timedelta(seconds=10)  # between two state publishes, at least
+
+    @field_validator("discovery_prefix", "birth_topic")
+    @classmethod
+    def _plain_topic(cls, topic: str) -> str:
+        if "+" in topic or "#" in topic or "\0" in topic:
+            raise ValueError("must be a topic name, without wildcards (+, #)")
+        return topic
+
+    @field_validator("min_interval")
+    @classmethod
+    def _at_least_a_second(cls, interval: timedelta) -> timedelta:
+        if interval < timedelta(seconds=1):
+            raise ValueError('must be at least "1s"')
+        return interval

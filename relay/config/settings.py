@@ -15,7 +15,14 @@ from pydantic_settings import (
 )
 
 from relay.config.devices import DeviceConfig
-from relay.config.sections import CommandsConfig, GpioConfig, MqttConfig, SpoolConfig
+from relay.config.sections import (
+    CommandsConfig,
+    GpioConfig,
+    HomeAssistantConfig,
+    MetricsConfig,
+    MqttConfig,
+    SpoolConfig,
+)
 from relay.config.sinks import AmqpSinkConfig, SinkConfig
 from relay.config.sources import SourceConfig
 
@@ -37,6 +44,8 @@ class Settings(BaseSettings):
     commands: CommandsConfig = CommandsConfig()
     gpio: GpioConfig = GpioConfig()
     devices: list[DeviceConfig] = []
+    metrics: MetricsConfig = MetricsConfig()
+    homeassistant: HomeAssistantConfig = HomeAssistantConfig()
 
     @model_validator(mode="after")
     def _command_queue_url(self) -> Settings:

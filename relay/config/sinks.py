@@ -1,5 +1,5 @@
-"""The ``[[sinks]]`` tables: where events go, one model per ``type``, with the retry policy
-every sink shares."""
+"""The ``[[sinks]]`` tables: where events go, one model per ``type`` (http, amqp, redis), with
+the retry policy every sink shares."""
 
 from __future__ import annotations
 
@@ -97,4 +97,49 @@ class AmqpSinkConfig(SinkBase):
         return self
 
 
-SinkConfig = Annotated[HttpSinkConfig | AmqpSinkConfig, Field(discriminator="type")]
+class RedisSinkConfig(SinkBase):
+    type: Literal["redis"]
+    url: SecretStr  # redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or rediss:// (TLS)
+    password_file: OptionalPath = None
+    stream: str = Field(min_length=1)
+    maxlen: int | None = Field(None, ge=1)  # XADD MAXLEN ~ this; None: never trim
+    ca_file: OptionalPath = None
+    window: int = Field(100, ge=1, le=10_000)
+    timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, url: SecretStr) -> SecretStr:
+        db = urlsplit(check_url(url.get_secret_value(), ("redis", "rediss"))).path.strip("/")
+        if db and not db.isdigit():
+            raise ValueError("the path of a redis:// url is a database number, as in /0")
+        return url
+
+    @model_validator(mode="before")
+    @classmethod
+    def _load_password(cls, data: Any) -> Any:
+        """``password_file``'s content replaces the password in ``url`` (percent-encoded);
+        the user name, if any, stays (Redis 6 ACL users; none means the ``default`` user)."""
+        if not (isinstance(data, dict) and data.get("password_file")):
+            return data
+        password = read_secret(Path(data["password_file"]), "password_file")
+        url = data.get("url")
+        if isinstance(url, SecretStr):
+            url = url.get_secret_value()
+        if not isinstance(url, str):
+            return data  # the url's own validation reports what is wrong with it
+        parts = urlsplit(url)
+        userinfo, _, hostport = parts.netloc.rpartition("@")
+        netloc = f"{userinfo.split(':', 1)[0]}:{quote(password, safe='')}@{hostport}"
+        return {**data, "url": urlunsplit(parts._replace(netloc=netloc))}
+
+    @model_validator(mode="after")
+    def _tls_with_rediss(self) -> RedisSinkConfig:
+        if self.ca_file and urlsplit(self.url.get_secret_value()).scheme != "rediss":
+            raise ValueError("ca_file is for rediss:// urls (TLS); this url is redis://")
+        return self
+
+
+SinkConfig = Annotated[
+    HttpSinkConfig | AmqpSinkConfig | RedisSinkConfig, Field(discriminator="type")
+]

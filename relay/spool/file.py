@@ -15,6 +15,13 @@ from relay.spool.model import Durability
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
+# SQLite checkpoints the WAL into the database once it holds 1000 pages (~4 MB); until then
+# it only grows. With less room than that on the disk, the WAL alone can fill it, and then
+# its pages cannot be copied back (the database file would have to grow): no commit would
+# succeed again, however little the spool holds. Below LOW_SPACE free, the WAL is
+# checkpointed every LOW_SPACE_PAGES pages instead.
+LOW_SPACE = 16 * 1024 * 1024
+LOW_SPACE_PAGES = 16
 MIGRATIONS: dict[int, list[str]] = {
     # The statements that take user_version N to N + 1.
     0: [
@@ -79,7 +86,30 @@ def open_file(path: Path, durability: Durability, *, check: bool) -> sqlite3.Con
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise SpoolError(f"cannot open spool {path}: {exc}") from None
+    free = _free_bytes(path.parent)
+    if free is not None and free < LOW_SPACE:
+        keep_wal_small(conn)
+        if check:
+            log.warning(
+                "only %.1f MB free on the disk holding %s: checkpointing often so that the "
+                "WAL cannot fill it",
+                free / 1e6,
+                path,
+            )
     return conn
+
+
+def keep_wal_small(conn: sqlite3.Connection) -> None:
+    """Checkpoint ``conn``'s WAL every few pages (see ``LOW_SPACE``)."""
+    conn.execute(f"PRAGMA wal_autocheckpoint={LOW_SPACE_PAGES}")
+
+
+def _free_bytes(directory: Path) -> int | None:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def open_reader(path: Path) -> sqlite3.Connection:

@@ -69,3 +69,13 @@ class SpoolStats:
     rows: int
     dropped: int
     sinks: list[SinkStats]
+
+
+@dataclass(frozen=True)
+class Tallies:
+    """Events stored in the file since it was created, by source ("mqtt", "gpio", "push",
+    "command", "amqp", "other"), whichever process stored them; ``rejected``: refused at the
+    door (oversize, a topic that is not UTF-8) and kept as dead letters instead."""
+
+    ingested: dict[str, int]
+    rejected: dict[str, int]

@@ -15,8 +15,17 @@ from relay.errors import SpoolClosed, SpoolError
 from relay.event import Command, Event
 from relay.spool import commands, file
 from relay.spool.changes import Changes
-from relay.spool.model import DeadLetter, Done, Durability, Lease, Record, SpoolStats, WhenFull
-from relay.spool.stats import spool_stats
+from relay.spool.model import (
+    DeadLetter,
+    Done,
+    Durability,
+    Lease,
+    Record,
+    SpoolStats,
+    Tallies,
+    WhenFull,
+)
+from relay.spool.stats import spool_stats, tallies
 from relay.spool.txn import PENDING, Txn, dl_filter
 from relay.spool.writer import Writer
 
@@ -311,6 +320,12 @@ class Spool:
                 durability=self.durability,
                 max_bytes=self.max_bytes,
             )
+
+    def tallies(self) -> Tallies:
+        """Events stored, and refused at the door, since the file was created, by source."""
+        with self._rlock:
+            self._check_open()
+            return tallies(self._rconn)
 
     # ---------------------------------------------------------------- the writer's side
 

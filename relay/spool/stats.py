@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from relay.spool.model import SinkStats, SpoolStats
+from relay.spool.model import SinkStats, SpoolStats, Tallies
 from relay.spool.txn import PENDING
 
 
@@ -40,3 +40,13 @@ def _sink_stats(conn: sqlite3.Connection, row: tuple[Any, ...]) -> SinkStats:
         name, depth, head[1] if head else None, attempts if on_head else 0,
         last_error, last_error_at, delivered, dead,
     )  # fmt: skip
+
+
+def tallies(conn: sqlite3.Connection) -> Tallies:
+    """The counts ``Txn`` keeps in ``meta`` as "ingested:<source>" and "rejected:<source>"."""
+    found: dict[str, dict[str, int]] = {"ingested": {}, "rejected": {}}
+    for key, value in conn.execute("SELECT key, value FROM meta WHERE key LIKE '%:%'"):
+        what, _, source = key.partition(":")
+        if what in found:
+            found[what][source] = value
+    return Tallies(found["ingested"], found["rejected"])

@@ -24,6 +24,10 @@ TRIM_BATCH = 512  # delete delivered rows this many at a time: fewer, larger pag
 PENDING = "FROM events WHERE seq > ? AND (sink IS NULL OR sink = ?)"
 _EVENT_BYTES = f"coalesce(sum(length(body) + {ROW_OVERHEAD}), 0)"
 _DL_BYTES = f"coalesce(sum(length(body) + length(reason) + {ROW_OVERHEAD}), 0)"
+# Sources counted by name in the file's tallies; any other (``relay.push(source=...)`` takes
+# any string) counts as "other", so that the tallies, and the metrics read from them, stay
+# a handful of rows.
+SOURCES = frozenset({"mqtt", "gpio", "push", "command", "amqp"})
 
 
 class Txn:
@@ -38,6 +42,7 @@ class Txn:
         self._used: int | None = None  # the byte count, read when first needed
         self._trim_due = False  # something moved a cursor or freed rows
         self._rows: list[tuple[str, bytes, float]] = []
+        self._tallies: dict[str, int] = {}  # "ingested:<source>" -> events this batch
 
     @property
     def used(self) -> int:
@@ -60,6 +65,17 @@ class Txn:
             self.c.execute("UPDATE meta SET value=? WHERE key='bytes'", (self._used,))
         if self.dropped:
             self.c.execute("UPDATE meta SET value = value + ? WHERE key='dropped'", (self.dropped,))
+        for key, count in self._tallies.items():
+            self.c.execute(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = value + ?",
+                (key, count, count),
+            )
+
+    def _tally(self, what: str, source: str, count: int = 1) -> None:
+        """Count stored events in the file, in this commit: exact across processes (relay
+        push writes here too) and restarts, and never counting an event that was refused."""
+        key = f"{what}:{source if source in SOURCES else 'other'}"
+        self._tallies[key] = self._tallies.get(key, 0) + count
 
     def flush(self) -> None:
         if self._rows:
@@ -87,6 +103,9 @@ class Txn:
         self._rows.extend(rows)
         self.used += need
         self.wakes = True
+        sources = [e.source for e in events]
+        for source in set(sources):  # one or two sources per batch: a count each, in C
+            self._tally("ingested", source, sources.count(source))
 
     def _drop_oldest(self, excess: int) -> None:
         freed = dropped = 0
@@ -127,6 +146,7 @@ class Txn:
             (sink, seq, event.id, body, reason, 1, self.now),
         )
         self.used += need
+        self._tally("rejected", event.source)
 
     # ------------------------------------------------------------ sinks
 

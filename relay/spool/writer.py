@@ -17,7 +17,9 @@ import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from relay import crashpoints
 from relay.errors import SpoolClosed, SpoolError
+from relay.spool.file import keep_wal_small
 from relay.spool.txn import Txn
 
 log = logging.getLogger("relay.spool")
@@ -80,6 +82,9 @@ class Writer:
         self._ops: queue.Queue[_Op[Any] | object] = queue.Queue(_QUEUE_OPS)
         self._closed = False
         self._submit_lock = threading.Lock()  # orders submissions against stop()
+        self._failing: str | None = None  # the error commits fail with, logged once
+        self._reclaim = False  # the disk was full: truncate the WAL after the next commit
+        self._path = conn.execute("PRAGMA database_list").fetchone()[2] or ":memory:"
         self._thread = threading.Thread(target=self._loop, name="spool-writer", daemon=True)
         self._thread.start()
 
@@ -169,16 +174,53 @@ class Writer:
                     except SpoolError as exc:  # this one is refused; the others go on
                         op.error = exc
                 txn.finish()
+                crashpoints.crash("before_commit")
                 c.execute("COMMIT")
+                crashpoints.crash("after_commit")
             except sqlite3.Error as exc:
                 with contextlib.suppress(sqlite3.Error):
                     c.execute("ROLLBACK")
-                error = SpoolError(f"spool write failed: {exc}")
-                log.error("%s (%d operations not done)", error, len(batch))
+                error = self._failed(exc, batch)
                 for op in batch:
                     op.error, op.result = error, None
                 txn = None
         for op in batch:
             op.finish()
         if txn is not None:
+            if self._failing is not None:
+                log.info("spool writes succeed again (%s)", self._path)
+                self._failing = None
+            if self._reclaim:
+                self._reclaim = not self._checkpoint()
             self._on_committed(txn)
+
+    def _failed(self, exc: sqlite3.Error, batch: list[_Op[Any]]) -> SpoolError:
+        """The error a failed commit gives its operations; logged once per outage, and only
+        when someone does not wait for it (a waiting caller gets it raised and reports it:
+        ``relay push`` on a full disk prints one line, not two). Under the writer's lock."""
+        full = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_FULL
+        why = f"no space left on the disk holding {self._path} ({exc})" if full else str(exc)
+        error = SpoolError(f"spool write failed: {why}")
+        if full:
+            # The WAL may be what fills the disk (see file.LOW_SPACE), and its pages cannot
+            # be copied into a database file that would have to grow: keep it small from
+            # now on, and cut it to zero, now if the database has free pages, else after
+            # the first commit that succeeds once some space is back (before the WAL eats
+            # the freed space again).
+            with contextlib.suppress(sqlite3.Error):
+                keep_wal_small(self._conn)
+            self._reclaim = not self._checkpoint()
+        if str(error) != self._failing and any(op.reply is not None for op in batch):
+            log.error(
+                "%s (%d operations not done; logged once until writes succeed)", error, len(batch)
+            )
+            self._failing = str(error)
+        return error
+
+    def _checkpoint(self) -> bool:
+        """Move the WAL into the database and truncate it; False if that did not happen."""
+        try:
+            busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error:
+            return False
+        return int(busy) == 0
