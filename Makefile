@@ -32,8 +32,9 @@ lint: $(BIN)/.installed
 test: lint
 	$(BIN)/pytest -n 4 --dist loadfile
 
+# Every benchmark, one summary table (~15 min; `make bench BENCH=--quick`: ~3 min).
 bench: $(BIN)/.installed
-	$(BIN)/python tests/bench/spool_bench.py
+	$(BIN)/python tests/bench/run_all $(BENCH)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -242,7 +243,9 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.status_json(stats), indent=2))
     else:
-        print(report.status_text(stats))
+        # As wide as the terminal, for longer errors; 80 columns when piped.
+        width = max(report.WIDTH, shutil.get_terminal_size().columns)
+        print(report.status_text(stats, width=width))
     return EX_OK
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from relay.spool import DeadLetter, SpoolStats
+from relay.spool import DeadLetter, SinkStats, SpoolStats
+
+WIDTH = 80  # what the table is laid out for (a wider terminal gets longer errors)
+ELLIPSIS = "\u2026"
+HEADER = ("SINK", "STATE", "QUEUED", "OLDEST", "DLQ", "LAST ERROR")
+RIGHT = {2, 3, 4}  # the columns of numbers and ages, aligned right
+MAX_SINK = 20  # a longer sink name is cut (relay status --json has it whole)
+MIN_ERROR = 24  # the last error keeps at least this much room, taken from the name
 
 
 def status_json(stats: SpoolStats, now: float | None = None) -> dict[str, Any]:
@@ -36,26 +43,79 @@ def status_json(stats: SpoolStats, now: float | None = None) -> dict[str, Any]:
     }
 
 
-def status_text(stats: SpoolStats, now: float | None = None) -> str:
+def status_text(stats: SpoolStats, now: float | None = None, *, width: int = WIDTH) -> str:
+    """``relay status`` for a person: the spool, then a table with a row per sink. No line
+    is longer than ``width``: long paths, names and errors are cut with an ellipsis."""
     now = time.time() if now is None else now
-    fill = f"{human_bytes(stats.bytes)} of {human_bytes(stats.max_bytes)}"
-    lines = [
-        f"spool {stats.path} ({stats.durability}): {stats.rows} rows, {fill}"
-        + (f", {stats.dropped} dropped" if stats.dropped else "")
-    ]
+    lines = [_spool_line(stats, width)]
     if not stats.sinks:
-        lines.append("no sinks configured: events wait in the spool")
-    for s in stats.sinks:
-        oldest = human_age(_age(s.oldest_at, now))
-        lines.append(
-            f"sink {s.name}: {s.depth} queued (oldest {oldest}), {s.delivered} delivered, "
-            f"{s.dead_letters} dead letters" + (f", head tried {s.attempts}x" if s.attempts else "")
+        return "\n".join([*lines, "no sinks configured: events wait in the spool"])
+    rows = [
+        (
+            s.name,
+            sink_state(s),
+            f"{s.depth:,}",
+            human_age(_age(s.oldest_at, now)),
+            f"{s.dead_letters:,}",
+            _last_error(s, now),
         )
-        if s.last_error:
-            lines.append(
-                f"  last error ({human_age(_age(s.last_error_at, now))} ago): {s.last_error}"
-            )
-    return "\n".join(lines)
+        for s in stats.sinks
+    ]
+    return "\n".join([*lines, "", *_table([HEADER, *rows], width)])
+
+
+def sink_state(s: SinkStats) -> str:
+    """What the spool knows of a sink, whether or not the agent runs: its head failed
+    (and waits for its next attempt), or events wait, or nothing does."""
+    if s.attempts:
+        return f"retrying (attempt {s.attempts})"
+    return "queued" if s.depth else "caught up"
+
+
+def _last_error(s: SinkStats, now: float) -> str:
+    if not s.last_error:
+        return "-"
+    # One line, and no escape sequences from a far end's error text reach the terminal.
+    text = "".join(c if c.isprintable() else "?" for c in " ".join(s.last_error.split()))
+    return f"{human_age(_age(s.last_error_at, now))} ago: {text}"
+
+
+def _spool_line(stats: SpoolStats, width: int) -> str:
+    tail = f": {human_bytes(stats.bytes)} of {human_bytes(stats.max_bytes)}"
+    tail += f", {stats.dropped:,} dropped" if stats.dropped else ""
+    tail += f", durability {stats.durability}"
+    head = "spool "
+    path = stats.path
+    room = width - len(head) - len(tail)
+    if len(path) > room:  # keep the file name, lose the start of the directory
+        path = ELLIPSIS + path[len(path) - max(room - 1, 0) :]
+    return clip(head + path + tail, width)
+
+
+def _table(rows: list[tuple[str, ...]], width: int) -> list[str]:
+    """Columns two spaces apart; the last one gets what is left of ``width``."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    widths[0] = min(widths[0], MAX_SINK)
+    left = width - sum(widths) - 2 * len(widths)
+    if left < MIN_ERROR:
+        widths[0] = max(widths[0] - (MIN_ERROR - left), len(HEADER[0]))
+        left = width - sum(widths) - 2 * len(widths)
+    widths.append(max(left, 1))
+    lines = []
+    for row in rows:
+        cells = [
+            clip(cell, w).rjust(w) if i in RIGHT else clip(cell, w).ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append(clip("  ".join(cells).rstrip(), width))
+    return lines
+
+
+def clip(text: str, width: int) -> str:
+    """``text``, cut to ``width`` characters with an ellipsis when longer."""
+    if len(text) <= width:
+        return text
+    return text[: width - 1] + ELLIPSIS if width > 0 else ""
 
 
 def dead_letter_json(dl: DeadLetter) -> dict[str, Any]:
@@ -79,12 +139,13 @@ def _age(then: float | None, now: float) -> float | None:
 
 
 def human_age(seconds: float | None) -> str:
+    """3s, 4m, 2h, 5d: the largest whole unit (59m, not 1h, for 59 minutes 59 seconds)."""
     if seconds is None:
         return "-"
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
-            return f"{seconds / size:.0f}{unit}"
-    return f"{seconds:.0f}s"
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
 
 
 def human_bytes(n: int) -> str:

@@ -30,10 +30,12 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from relay import crashpoints
 from relay.backoff import Backoff
 from relay.config import MqttConfig, MqttSourceConfig
 from relay.errors import DeviceError, DeviceUnavailable, SpoolError
 from relay.event import Command, Event, decode_payload
+from relay.metrics import NO_METRICS, Metrics
 from relay.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ class MqttSource:
         node: str,
         commands: CommandTopic | None = None,
         rng: random.Random | None = None,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self.cfg = cfg
         self.commands = commands
@@ -84,10 +87,14 @@ class MqttSource:
         self.subscribed = threading.Event()  # the broker confirmed our subscriptions once
         self.last_error: str | None = None
         self._filters = [(topic, s.qos, s.max_payload) for s in sources for topic in s.topics]
+        self._listeners: list[tuple[str, Callable[[bytes], None]]] = []  # see listen()
+        self._connect_listeners: list[Callable[[], None]] = []
         self._rng = rng or random.Random()
+        self._metrics = metrics
         self._stop = threading.Event()
         self._subscribed = False  # this process has subscribed once (session may keep it)
         self._refusing = False  # a put failed: ack nothing more on this connection
+        self._refused: str | None = None  # why puts fail, until one succeeds again
         self.connected_once = False  # the current connection got a CONNACK
         self._last_tick = time.monotonic()  # the network loop's last round, for alive()
         self._client = self._make_client()
@@ -192,8 +199,9 @@ class MqttSource:
     def _serve(self) -> None:
         """Run paho's network loop until the connection ends."""
         # Wake for traffic (and acks from other threads, through paho's socket pair), else
-        # often enough to send the keepalive ping in time; never on a one-second tick.
-        tick = self.cfg.keepalive_s / 2
+        # often enough to ping, and to give up on a ping, in time (see _on_connect); never
+        # on a one-second tick.
+        tick = self.cfg.keepalive_s / 4
         while not self._stop.is_set():
             self._last_tick = time.monotonic()
             rc = self._client.loop(timeout=tick)
@@ -225,15 +233,28 @@ class MqttSource:
         # subscriptions are too: subscribing again would make it resend retained messages.
         if not (flags.session_present and self._subscribed):
             self._subscribe(client)
+        # paho notices a dead link K to 2K after the last byte it got (K: the keepalive it
+        # sent, or the broker's): it pings once K has passed in silence, then waits K more
+        # for the answer. Checking against K/2 (paho has no public knob) pings twice as
+        # often and gives up K/2 after a ping: a dead link is noticed within ~1.25K, before
+        # the 1.5K of silence the broker allows us (MQTT 3.1.2.10) runs out.
+        client._keepalive = max(client.keepalive // 2, 1)
         client.publish(self.status_topic, "online", qos=1, retain=True)
         self.connected.set()
         self.connected_once = True
-        log.info(
+        self._metrics.connected("mqtt")
+        log.log(
+            logging.DEBUG if self._refused else logging.INFO,  # while handing back: quiet
             "mqtt: connected to %s (session %s)",
             self._where,
             "resumed" if flags.session_present else "new",
         )
         self.last_error = None
+        for listener in self._connect_listeners:
+            try:
+                listener()
+            except Exception:  # nothing may escape into paho's loop
+                log.exception("mqtt: a connect listener failed")
 
     def _subscribe(self, client: mqtt.Client) -> None:
         wanted = [(t, int(q)) for t, q, _ in self._filters]
@@ -241,6 +262,10 @@ class MqttSource:
             # paho routes a message matching this filter there, and not to on_message.
             client.message_callback_add(self.commands.topic, self._on_command)
             wanted.append((self.commands.topic, 1))
+        for topic, callback in self._listeners:
+            client.message_callback_add(topic, self._listener(callback))
+            # QoS 0: nothing to acknowledge, and nothing queued for us while we are away.
+            wanted.append((topic, 0))
         if not wanted:
             return
         if self.cfg.protocol == "5":
@@ -264,6 +289,7 @@ class MqttSource:
         else:
             topics = [t for t, _, _ in self._filters]
             topics += [self.commands.topic] if self.commands else []
+            topics += [t for t, _ in self._listeners]
             log.info("mqtt: subscribed to %s", ", ".join(topics))
         self.subscribed.set()
 
@@ -285,6 +311,34 @@ class MqttSource:
             self._ingest(msg)
         except Exception:
             log.exception("mqtt: could not handle a message on %r", msg._topic)
+
+    # ---------------------------------------------------------------- listeners
+
+    def listen(self, topic: str, callback: Callable[[bytes], None]) -> None:
+        """Before :meth:`start`: subscribe to ``topic`` (QoS 0) on every connection and call
+        ``callback(payload)`` for its messages, on the network thread: it must be quick and
+        must not publish (paho's callbacks hold its lock)."""
+        self._listeners.append((topic, callback))
+
+    def add_connect_listener(self, callback: Callable[[], None]) -> None:
+        """Before :meth:`start`: call ``callback()`` after every connect (once "online" is
+        sent), on the network thread; quick and not publishing, as for :meth:`listen`."""
+        self._connect_listeners.append(callback)
+
+    def _listener(self, callback: Callable[[bytes], None]) -> Callable[..., None]:
+        def handle(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+            try:
+                callback(bytes(msg.payload))
+            except Exception:  # as _on_message: nothing may escape into paho's loop
+                log.exception("mqtt: could not handle a message on %r", msg._topic)
+            # paho hands a message matching a callback's filter to that callback only. One a
+            # source wants too (a wide filter) still goes to the spool, which acks it.
+            if any(mqtt.topic_matches_sub(t, msg.topic) for t, _, _ in self._filters):
+                self._on_message(client, userdata, msg)
+            else:
+                self._acker(msg)()
+
+        return handle
 
     # ---------------------------------------------------------------- commands
 
@@ -407,17 +461,23 @@ class MqttSource:
     def _stored(self, error: SpoolError | None, ack: Callable[[], None]) -> None:
         """The spool's commit callback (writer thread): ack, or give the message back."""
         if error is None and not self._refusing:
+            crashpoints.crash("after_commit_before_ack")
             ack()
+            if self._refused is not None:
+                log.info("mqtt: messages are stored and acknowledged again")
+                self._refused = None
             return
         if error is None:
             return  # stored, but an earlier message was not: let the broker resend both
         if not self._refusing:
             self._refusing = True
-            log.warning(
-                "mqtt: not acknowledging the broker (%s); it keeps the messages and "
-                "sends them again after we reconnect",
-                error,
-            )
+            if str(error) != self._refused:  # once per outage (a full disk), not per reconnect
+                log.warning(
+                    "mqtt: not acknowledging the broker (%s); it keeps the messages and "
+                    "sends them again after we reconnect",
+                    error,
+                )
+            self._refused = str(error)
             self.last_error = str(error)
             # Disconnecting hands the unacked messages back: MQTT resends them only on a new
             # connection. Non-blocking; the network thread then reconnects after a backoff.

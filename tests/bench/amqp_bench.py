@@ -1,9 +1,10 @@
 """AMQP sink benchmark: relay's drain to RabbitMQ against plain pika, in one run.
 
-    .venv/bin/python tests/bench/amqp_bench.py [--events 20000] [--windows 1,100] [--url ...]
+    .venv/bin/python tests/bench/amqp_bench.py [--events 20000] [--windows 1,100] [--url ...] [--json]
 
 Every run publishes the same persistent messages (same body, properties and ``mandatory``)
-to a fresh durable queue, which it deletes afterwards. Prints one table.
+to a fresh durable queue, which it deletes afterwards. Prints one table (``--json``: the rows
+of tests/bench/run_all's table instead).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pika
+from summary import emit, row
 
 from relay.agent import Agent
 from relay.config import AmqpSinkConfig, Settings
@@ -102,6 +104,7 @@ def main() -> None:
     p.add_argument("--events", type=int, default=20_000)
     p.add_argument("--windows", default="1,100", help="relay's windows, comma-separated")
     p.add_argument("--url", default=URL)
+    p.add_argument("--json", action="store_true", help="print run_all's rows as JSON")
     args = p.parse_args()
     n, url = args.events, args.url
     runs: list[tuple[str, Callable[[], float]]] = [
@@ -112,6 +115,11 @@ def main() -> None:
         runs.append((f"relay drain, window = {window}", lambda w=window: drain(url, n, w)))
     rates = {what: run() for what, run in runs}
     one_by_one = rates["pika, one confirm at a time"]
+    if args.json:
+        vs = "pika, one confirm at a time"
+        drains = [(what, rate) for what, rate in rates.items() if what.startswith("relay")]
+        emit([row(f"AMQP {what[6:]}", "ev/s", rate, one_by_one, vs) for what, rate in drains])
+        return
     print(f"\nAMQP benchmark: {n:,} persistent events to RabbitMQ at {url.split('@')[-1]}\n")
     print(f"| {'what':<34} | {'events/s':>10} | {'ratio':>36} |")
     print(f"|{'-' * 36}|{'-' * 12}|{'-' * 38}|")

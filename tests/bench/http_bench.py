@@ -1,8 +1,9 @@
 """HTTP sink benchmark: relay's forwarder against plain httpx, in one run.
 
-    .venv/bin/python tests/bench/http_bench.py [--events 20000] [--rate 50] [--seconds 10]
+    .venv/bin/python tests/bench/http_bench.py [--events 20000] [--rate 50] [--seconds 10] [--json]
 
-The receiver runs in its own process (tests/bench/receiver.py). Prints one table.
+The receiver runs in its own process (tests/bench/receiver.py). Prints one table
+(``--json``: the rows of tests/bench/run_all's table instead).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 import httpx
+from summary import emit, row
 
 from relay.agent import Agent
 from relay.config import HttpSinkConfig, Settings
@@ -140,6 +142,7 @@ def main() -> None:
     p.add_argument("--events", type=int, default=20_000)
     p.add_argument("--rate", type=float, default=50)
     p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--json", action="store_true", help="print run_all's rows as JSON")
     args = p.parse_args()
     rx = ReceiverProcess()
     try:
@@ -150,6 +153,17 @@ def main() -> None:
     finally:
         rx.close()
     p50, p99 = statistics.median(lat), lat[int(0.99 * (len(lat) - 1))]
+    if args.json:
+        at = f"spool.put -> HTTP delivered at {args.rate:g}/s"
+        emit(
+            [
+                row("HTTP drain, batch_max 1", "ev/s", one, ceiling, "plain httpx POST loop"),
+                row("HTTP drain, batch_max 100", "ev/s", hundred, ceiling, "plain httpx POST loop"),
+                row(f"{at}, p50", "ms", p50),
+                row(f"{at}, p99", "ms", p99),
+            ]
+        )
+        return
     print(f"\nHTTP benchmark: {args.events:,} events, receiver in its own process\n")
     print(f"| {'what':<40} | {'value':>14} | {'ratio':>22} |")
     print(f"|{'-' * 42}|{'-' * 16}|{'-' * 24}|")

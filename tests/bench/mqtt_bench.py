@@ -1,10 +1,11 @@
 """MQTT ingest benchmark: relay (QoS 1 into the durable spool, PUBACK after the commit)
 against a plain paho subscriber that does nothing with the messages, in one run.
 
-    .venv/bin/python tests/bench/mqtt_bench.py [--messages 20000]
+    .venv/bin/python tests/bench/mqtt_bench.py [--messages 20000] [--json]
 
 A private Mosquitto (queue limit raised, so that nothing is dropped) on a free port; the
-publisher, the plain subscriber and relay each run in their own process.
+publisher, the plain subscriber and relay each run in their own process. ``--json`` prints
+the row of tests/bench/run_all's table instead of the table.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[2]))
+from summary import emit, row
+
 from tests.helpers.brokers import PrivateMosquitto
 
 HERE = Path(__file__).parent
@@ -88,12 +91,18 @@ def relay(broker: PrivateMosquitto, n: int, tmp: Path) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--messages", type=int, default=20_000)
+    p.add_argument("--json", action="store_true", help="print run_all's row as JSON")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         with PrivateMosquitto(tmp / "broker", extra="max_queued_messages 10000000\n") as broker:
             ceiling = plain(broker, args.messages)
             ingest = relay(broker, args.messages, tmp)
+    if args.json:
+        emit(
+            [row("MQTT ingest, QoS 1, PUBACK after fsync", "msg/s", ingest, ceiling, "plain paho")]
+        )
+        return
     print(f"\nMQTT ingest benchmark: {args.messages:,} QoS 1 messages, Mosquitto on loopback\n")
     print(f"| {'what':<52} | {'msgs/s':>8} | {'ratio':>18} |")
     print(f"|{'-' * 54}|{'-' * 10}|{'-' * 20}|")

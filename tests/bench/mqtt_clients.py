@@ -3,6 +3,9 @@
     python mqtt_clients.py publish HOST PORT TOPIC N      QoS 1 as fast as paho goes
     python mqtt_clients.py subscribe HOST PORT TOPIC N    plain paho, auto-ack, counts to N
 Both print "ready" when set up, then the CLOCK_MONOTONIC time at which they finished.
+
+    python mqtt_clients.py bridge HOST PORT TOPIC URL     plain paho -> httpx, no spool
+prints "ready" once subscribed and forwards until its standard input closes.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ import json
 import sys
 import threading
 import time
+import uuid
 
+import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -59,6 +64,34 @@ def subscribe(host: str, port: int, topic: str, n: int) -> None:
     client.disconnect()
 
 
+def bridge(host: str, port: int, topic: str, url: str) -> None:
+    """The least an MQTT -> HTTP relay can do: POST each message from paho's callback, in
+    relay's event shape, with nothing stored (a crash loses what is in flight); paho acks
+    after the callback returns. The baseline of agent_bench.py's end-to-end latency."""
+    http = httpx.Client()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bridge-{uuid.uuid4().hex[:8]}")
+    subscribed = threading.Event()
+
+    def on_message(c: mqtt.Client, u: object, m: mqtt.MQTTMessage) -> None:
+        event = {"id": uuid.uuid4().hex, "name": m.topic, "payload": json.loads(m.payload)}
+        http.post(url, content=json.dumps(event), headers={"Content-Type": "application/json"})
+
+    client.on_message = on_message
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.connect(host, port)
+    client.subscribe(topic, qos=1)
+    client.loop_start()
+    subscribed.wait()
+    print("ready", flush=True)
+    sys.stdin.read()
+    client.loop_stop()
+    client.disconnect()
+    http.close()
+
+
 if __name__ == "__main__":
-    role, host, port, topic, n = sys.argv[1:6]
-    {"publish": publish, "subscribe": subscribe}[role](host, int(port), topic, int(n))
+    role, host, port, topic, last = sys.argv[1:6]
+    if role == "bridge":
+        bridge(host, int(port), topic, last)
+    else:
+        {"publish": publish, "subscribe": subscribe}[role](host, int(port), topic, int(last))

@@ -1,9 +1,10 @@
 """Spool benchmark: relay's spool against persist-queue's SQLiteAckQueue, in one run.
 
-    .venv/bin/python tests/bench/spool_bench.py [--events 20000] [--backlog 1000000]
+    .venv/bin/python tests/bench/spool_bench.py [--events 20000] [--backlog 1000000] [--json]
 
-Prints one table. Both sides store the same ~150-byte events durably (relay:
-durability "full"; persist-queue: its default, which commits every put and ack).
+Prints one table (``--json``: the rows of tests/bench/run_all's table instead). Both sides
+store the same ~150-byte events durably (relay: durability "full"; persist-queue: its
+default, which commits every put and ack).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from summary import Row, emit, row
 
 from relay.event import Event
 from relay.spool import Spool
@@ -149,7 +152,8 @@ def pq_put_and_drain(n: int) -> tuple[float, float]:
 
 
 def backlog_rss(n: int) -> tuple[float, float, float]:
-    """RSS before, with ``n`` events queued (after leasing the head), and after draining 10k."""
+    """RSS before, with ``n`` events queued (after leasing the head), and after draining up
+    to 10k of them."""
     gc.collect()
     with tempfile.TemporaryDirectory() as d, Spool.open(Path(d), durability="normal") as spool:
         spool.register_sinks(["a"])
@@ -162,6 +166,8 @@ def backlog_rss(n: int) -> tuple[float, float, float]:
         loaded = rss_mb()
         for _ in range(100):
             records = spool.lease("a", 100).records
+            if not records:
+                break
             spool.ack("a", records[-1].seq)
         return before, loaded, rss_mb()
 
@@ -170,11 +176,28 @@ def median(f: Callable[[], float], runs: int) -> float:
     return statistics.median(f() for _ in range(runs))
 
 
+def json_rows(
+    rows: list[tuple[str, float, str, float | None]], pq_put: float, pq_drain: float, backlog: int
+) -> list[Row]:
+    """The table's relay rows, each against persist-queue; then the backlog's RSS."""
+    baselines = {"pq put": pq_put, "pq get+ack": pq_drain}
+    out = [
+        row(f"spool {what[6:]}", "ev/s", rate, baselines[base], f"persist-queue {base[3:]}")
+        for what, rate, base, _ in rows
+        if what.startswith("relay ")
+    ]
+    if backlog:
+        before, loaded, _ = backlog_rss(backlog)
+        out.append(row(f"spool RSS, {backlog:,} queued", "MB", loaded, before, "empty spool"))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--events", type=int, default=20_000)
-    p.add_argument("--backlog", type=int, default=1_000_000)
+    p.add_argument("--backlog", type=int, default=1_000_000, help="0: skip the RSS figure")
     p.add_argument("--runs", type=int, default=3, help="median of this many runs")
+    p.add_argument("--json", action="store_true", help="print run_all's rows as JSON")
     args = p.parse_args()
     n, runs = args.events, args.runs
 
@@ -195,6 +218,9 @@ def main() -> None:
     for lease in (1, 100):
         rate = median(lambda lease=lease: relay_drain(n, lease), runs)
         rows.append((f"relay lease+ack, {lease} per lease", rate, "pq get+ack", rate / pq_drain))
+    if args.json:
+        emit(json_rows(rows, pq_put, pq_drain, args.backlog))
+        return
 
     print(
         f"\nspool benchmark: {n:,} events of ~{len(events(1)[0].to_json())} B, median of {runs}, "
@@ -206,6 +232,8 @@ def main() -> None:
         r = f"{ratio:.1f}x" if ratio is not None else ""
         print(f"| {what:<38} | {rate:>10,.0f} | {base:<10} | {r:>7} |")
 
+    if not args.backlog:
+        return
     before, loaded, after = backlog_rss(args.backlog)
     print(
         f"\nRSS with a {args.backlog:,}-event backlog: {before:.1f} MB before, {loaded:.1f} MB "

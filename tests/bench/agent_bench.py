@@ -1,0 +1,287 @@
+"""The agent as systemd runs it: `relay run` in its own process, a datagram socket as
+NOTIFY_SOCKET. End-to-end latency, idle CPU, memory, start-up time, bytes written to disk.
+
+    .venv/bin/python tests/bench/agent_bench.py [--rate 50] [--seconds 10] [--idle 60]
+        [--backlog 1000000] [--burst 10000] [--json]
+
+The agent reads a private Mosquitto on a free port (MQTT source, QoS 1) and posts to an
+HTTP receiver in its own process (receiver.py). Each figure sits beside a baseline from
+the same run where one means something:
+
+- MQTT -> HTTP latency: QoS 1 publishes at ``--rate`` carrying their CLOCK_MONOTONIC time,
+  against a plain paho -> httpx bridge with no spool (mqtt_clients.py bridge);
+- start-up (fork+exec to READY=1) and RSS: against a Python process that only sends READY=1;
+- RSS and start-up with a ``--backlog`` queued (filled with the Spool API, the sink at a
+  closed port so that nothing drains): against the same agent on an empty spool;
+- bytes written to storage per event (/proc/<pid>/io write_bytes, the SD card's wear) as
+  events flow at ``--rate`` and in a burst of ``--burst``, durability "full" and "normal":
+  against the size of the event's JSON (the ratio is the write amplification);
+- idle CPU ticks and wake-ups over ``--idle`` seconds: no baseline, 0 is the goal.
+
+Prints one table (``--json``: the rows of tests/bench/run_all's table instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parents[2]))
+from agent_proc import TICKS_PER_S, Launched, cpu_ticks, launched, status_kb, wakeups, write_bytes
+from http_bench import ReceiverProcess, free_port
+from summary import Row, emit, row, table
+
+from relay.event import Event
+from relay.spool import Spool
+from tests.helpers.brokers import PrivateMosquitto
+from tests.helpers.mqtt import Publisher
+
+HERE = Path(__file__).parent
+SCRIPT = Path(sys.executable).with_name("relay")  # the console script, as systemd runs it
+RELAY = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "relay"]
+# The least a Type=notify service in Python does: start the interpreter, send READY=1.
+NOTIFY_ONLY = [
+    sys.executable,
+    "-c",
+    "import os, socket, time\n"
+    "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+    "s.sendto(b'READY=1', os.environ['NOTIFY_SOCKET'])\n"
+    "time.sleep(3600)\n",
+]
+STARTS = 3  # start-up time: the median of this many
+
+
+@dataclass
+class Bench:
+    tmp: Path
+    broker: PrivateMosquitto
+    rx: ReceiverProcess
+
+    def config(self, url: str, durability: str = "full", state: Path | None = None) -> Path:
+        """A config (on a fresh state dir unless ``state``): MQTT source bench/# (QoS 1),
+        one HTTP sink "cloud" at ``url``."""
+        name = uuid.uuid4().hex[:8]
+        path = self.tmp / f"relay-{name}.toml"
+        path.write_text(
+            f'node = "bench"\nstate_dir = "{state or self.tmp / name}"\nlog_level = "warning"\n'
+            f'[spool]\ndurability = "{durability}"\nmax_size = "4GB"\n'
+            f'[mqtt]\nhost = "{self.broker.host}"\nport = {self.broker.port}\n'
+            f'client_id = "relay-bench-{name}"\n'
+            '[[sources]]\ntype = "mqtt"\ntopics = ["bench/#"]\nqos = 1\n'
+            f'[[sinks]]\nname = "cloud"\ntype = "http"\nurl = "{url}"\n'
+        )
+        path.chmod(0o640)
+        return path
+
+    def closed_url(self) -> str:
+        return f"http://127.0.0.1:{free_port()}/events"  # nothing listens there
+
+    def received(self, what: str) -> Any:
+        return self.rx.client.get(f"http://127.0.0.1:{self.rx.port}/{what}").json()
+
+    @contextmanager
+    def agent(self, cfg: Path) -> Iterator[Launched]:
+        with launched("relay", [*RELAY, "run", "--config", str(cfg)], self.tmp) as agent:
+            yield agent
+
+    # ------------------------------------------------------------ MQTT -> HTTP flows
+
+    def warm_up(self, pub: Publisher, topic: str) -> None:
+        """Publish until one message comes through (subscribed, HTTP connection open)."""
+        self.rx.reset()
+        deadline = time.monotonic() + 60
+        while not self.rx.arrivals():
+            if time.monotonic() > deadline:
+                raise RuntimeError("nothing reached the receiver within 60 s")
+            pub.publish(topic, json.dumps({"warm-up": True}))
+            time.sleep(0.2)
+        time.sleep(0.5)  # let the stragglers of the warm-up arrive before the reset
+        self.rx.reset()
+
+    def flow(self, pub: Publisher, topic: str, n: int, rate: float | None) -> list[float]:
+        """Publish ``n`` QoS 1 messages (at ``rate`` per second, or as fast as the broker
+        acknowledges), wait for all at the receiver; their latencies in ms."""
+        mids = []
+        next_at = time.monotonic()
+        for i in range(n):
+            if rate:
+                next_at += 1 / rate
+                time.sleep(max(next_at - time.monotonic(), 0))
+            mids.append(pub.publish(topic, json.dumps({"n": i, "sent": time.monotonic()})))
+        pub.wait(mids, timeout=120)
+        deadline = time.monotonic() + 120
+        while self.received("count") < n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not all {n} events reached the receiver within 120 s")
+            time.sleep(0.1)
+        pairs = self.received("latencies")
+        return [1000 * (arrived - sent) for sent, arrived in pairs]
+
+    def relay_flows(
+        self, durability: str, rate: float, seconds: float, burst: int
+    ) -> tuple[list[float], float, float]:
+        """Latencies at ``rate``, then bytes written per event at ``rate`` and in a burst."""
+        with (
+            self.agent(self.config(self.rx.url, durability)) as agent,
+            Publisher(self.broker.host, self.broker.port) as pub,
+        ):
+            self.warm_up(pub, "bench/flow")
+            n = int(rate * seconds)
+            before = write_bytes(agent.pid)
+            latencies = self.flow(pub, "bench/flow", n, rate)
+            time.sleep(1)  # the acks of the last events are committed after delivery
+            paced = (write_bytes(agent.pid) - before) / n
+            self.rx.reset()
+            before = write_bytes(agent.pid)
+            self.flow(pub, "bench/flow", burst, None)
+            time.sleep(1)
+            bursted = (write_bytes(agent.pid) - before) / burst
+        return latencies, paced, bursted
+
+    def bridge_latencies(self, rate: float, seconds: float) -> list[float]:
+        bridge = subprocess.Popen(
+            [sys.executable, str(HERE / "mqtt_clients.py"), "bridge", self.broker.host,
+             str(self.broker.port), "bench/bridge", self.rx.url],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert bridge.stdout is not None and bridge.stdout.readline().strip() == "ready"
+            with Publisher(self.broker.host, self.broker.port) as pub:
+                self.warm_up(pub, "bench/bridge")
+                return self.flow(pub, "bench/bridge", int(rate * seconds), rate)
+        finally:
+            bridge.communicate(timeout=30)  # closes its stdin: it stops
+
+    # ------------------------------------------------------------ start-up, idle, memory
+
+    def startups(self) -> tuple[float, float, float]:
+        """Median start-up of relay and of NOTIFY_ONLY, in s; NOTIFY_ONLY's RSS in MB."""
+        relay, floor, rss = [], [], 0.0
+        for _ in range(STARTS):
+            with self.agent(self.config(self.closed_url())) as agent:
+                relay.append(agent.startup_s)
+            with launched("notify-only", NOTIFY_ONLY, self.tmp) as bare:
+                floor.append(bare.startup_s)
+                time.sleep(0.2)
+                rss = status_kb(bare.pid, "VmRSS") / 1024
+        return statistics.median(relay), statistics.median(floor), rss
+
+    def idle(self, seconds: float) -> tuple[int, int, float, float]:
+        """CPU ticks and wake-ups of an idle agent over ``seconds``; then its RSS and peak."""
+        with self.agent(self.config(self.closed_url())) as agent:
+            time.sleep(2)  # let start-up settle (MQTT connect, first STATUS=)
+            ticks, woke = cpu_ticks(agent.pid), wakeups(agent.pid)
+            time.sleep(seconds)
+            ticks, woke = cpu_ticks(agent.pid) - ticks, wakeups(agent.pid) - woke
+            rss, peak = status_kb(agent.pid, "VmRSS"), status_kb(agent.pid, "VmHWM")
+        return ticks, woke, rss / 1024, peak / 1024
+
+    def backlog(self, n: int) -> tuple[float, float, float]:
+        """Start-up time, RSS and peak RSS (MB) of an agent with ``n`` events queued."""
+        state = self.tmp / "backlog"
+        with Spool.open(state, durability="normal", max_bytes=4_000_000_000) as spool:
+            spool.register_sinks(["cloud"])
+            for i in range(0, n, 1000):
+                spool.put_many(
+                    [
+                        Event.new(node="bench", source="mqtt", name="bench/flow", payload={"n": j})
+                        for j in range(i, min(i + 1000, n))
+                    ]
+                )
+        with self.agent(self.config(self.closed_url(), state=state)) as agent:
+            time.sleep(5)  # the forwarder leases the head, fails, backs off
+            rss, peak = status_kb(agent.pid, "VmRSS"), status_kb(agent.pid, "VmHWM")
+        return agent.startup_s, rss / 1024, peak / 1024
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[round(p * (len(ordered) - 1))]
+
+
+def measure(args: argparse.Namespace) -> list[Row]:
+    with tempfile.TemporaryDirectory(prefix="relay-agent-bench-") as d:
+        tmp = Path(d)
+        rx = ReceiverProcess()
+        try:
+            with PrivateMosquitto(tmp / "broker", extra="max_queued_messages 10000000\n") as mq:
+                return run(Bench(tmp, mq, rx), args)
+        finally:
+            rx.close()
+
+
+def run(bench: Bench, args: argparse.Namespace) -> list[Row]:
+    rate, seconds, burst = args.rate, args.seconds, args.burst
+    startup, floor, floor_rss = bench.startups()
+    ticks, woke, rss, peak = bench.idle(args.idle)
+    full = bench.relay_flows("full", rate, seconds, burst)
+    normal = bench.relay_flows("normal", rate, seconds, burst)
+    bridge = bench.bridge_latencies(rate, seconds)
+    payload = {"n": burst // 2, "sent": time.monotonic()}  # what flow() publishes
+    size = float(
+        len(Event.new(node="bench", source="mqtt", name="bench/flow", payload=payload).to_json())
+    )
+    at = f"MQTT -> HTTP latency at {rate:g}/s"
+    bare = "python sending READY=1"
+    rows = [
+        row(f"{at}, p50", "ms", percentile(full[0], 0.5), percentile(bridge, 0.5), "paho->httpx"),
+        row(f"{at}, p99", "ms", percentile(full[0], 0.99), percentile(bridge, 0.99), "paho->httpx"),
+        row(f"idle CPU over {args.idle:g} s", "ticks", ticks),
+        row(f"idle wake-ups over {args.idle:g} s (WatchdogSec=30)", "switches", woke),
+        row("RSS idle", "MB", rss, floor_rss, bare),
+        row("peak RSS (VmHWM) idle", "MB", peak, floor_rss, bare),
+    ]
+    startup_rows = [row("start-up, exec to READY=1", "ms", 1000 * startup, 1000 * floor, bare)]
+    if args.backlog:
+        q = f"{args.backlog:,} queued"
+        backlog_startup, backlog_rss, backlog_peak = bench.backlog(args.backlog)
+        rows += [
+            row(f"RSS, {q}", "MB", backlog_rss, rss, "RSS idle, empty spool"),
+            row(f"peak RSS (VmHWM), {q}", "MB", backlog_peak, peak, "idle, empty spool"),
+        ]
+        startup_rows.append(
+            row(f"start-up, {q}", "ms", 1000 * backlog_startup, 1000 * startup, "empty spool")
+        )
+    rows += startup_rows
+    flows = {"full": full, "normal": normal}
+    rows += [
+        row(f"disk writes, {rate:g}/s, {d}", "B/event", flows[d][1], size, "event JSON")
+        for d in flows
+    ]
+    rows += [
+        row(f"disk writes, burst of {burst:,}, {d}", "B/event", flows[d][2], size, "event JSON")
+        for d in flows
+    ]
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--rate", type=float, default=50, help="events/s of the latency run")
+    p.add_argument("--seconds", type=float, default=10, help="length of the latency run")
+    p.add_argument("--idle", type=float, default=60, help="seconds of the idle measurement")
+    p.add_argument("--backlog", type=int, default=1_000_000, help="0: skip that figure")
+    p.add_argument("--burst", type=int, default=10_000, help="events of the disk-write burst")
+    p.add_argument("--json", action="store_true", help="print run_all's rows as JSON")
+    args = p.parse_args()
+    rows = measure(args)
+    if args.json:
+        emit(rows)
+        return
+    print(f"\nagent benchmark: `relay run` under a stand-in for systemd, {TICKS_PER_S} ticks/s\n")
+    print("\n".join(table(rows)))
+
+
+if __name__ == "__main__":
+    main()
