@@ -2,8 +2,15 @@
 no clean-up) or hang at that exact spot, so each dangerous window can be hit on purpose.
 Unset, as in production, every call here is a string comparison that is False.
 
+    crash("before_commit")             the spool writer is about to COMMIT a batch
+    crash("after_commit")              the batch is committed; no caller has been told yet
     crash("after_commit_before_ack")   the MQTT PUBACK is about to go out after the commit
+    crash("after_send_before_ack")     a sink took a batch (HTTP 2xx, AMQP confirms); the
+                                       forwarder has not acked it in the spool yet
     wedge("forwarder.send")           a forwarder's send never returns (watchdog tests)
+
+An AMQP window that is published but not yet confirmed has no point of its own: for the
+spool it is the state ``after_send_before_ack`` leaves (sent, maybe taken, not acked).
 
 ``RELAY_CRASHPOINT=name:N`` fires on the N-th time the point is reached (default: the first).
 """

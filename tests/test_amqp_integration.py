@@ -342,8 +342,10 @@ def test_dead_link_is_noticed_and_reconnected(
             ids += put(spool_of(agent), 5)
             wait_for(lambda: depth(agent) == 0, 20, "delivery after reconnecting")
     print(f"dead link noticed after {noticed:.1f}s with heartbeat_s = 1")
-    assert noticed >= 1 + 5 - 0.5
-    assert noticed <= 2 * (1 + 5) + 1  # pika checks every heartbeat + 5 s
+    # The sink's heartbeat watch cuts a link silent for a whole heartbeat, checked every
+    # third of one: 1 to 1.33 heartbeats (pika's own check alone took 6 to 12 s here).
+    assert noticed >= 1 - 0.5
+    assert noticed <= 1.5 * 1 + 1
     assert check_delivery(broker.drain(queue), ids) == 0
 
 
