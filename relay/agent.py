@@ -195,6 +195,7 @@ def _lock_state_dir(state_dir: Path) -> IO[str]:
         ) from None
     with contextlib.suppress(OSError):
         f.truncate(0)
-        f.write(f"{os.getpid()}\n")
-        f.flush()
+        # Unbuffered: on a full disk a buffered write would fail again at close(), and
+        # raise from the agent's clean-up.
+        os.write(f.fileno(), f"{os.getpid()}\n".encode())
     return f

@@ -188,11 +188,11 @@ def _push(args: argparse.Namespace) -> int:
     if args.payload is not None:
         try:
             payload = json.loads(args.payload)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nesting
             raise UsageError(f"--payload is not valid JSON ({exc})") from None
     try:
         event = push(args.name, payload, config_path=args.config)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: a payload json cannot encode
         raise UsageError(str(exc)) from None
     print(event.id)
     return EX_OK
@@ -205,7 +205,7 @@ def _command(args: argparse.Namespace) -> int:
     if args.args is not None:
         try:
             cmd_args = json.loads(args.args)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nesting
             raise UsageError(f"--args is not valid JSON ({exc})") from None
     try:
         cmd, new = command(

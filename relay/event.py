@@ -58,17 +58,41 @@ def _encode(fields: dict[str, Any]) -> bytes:
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
+MAX_DEPTH = 256  # JSON nested deeper than this is kept as text (see decode_payload)
+
+
 def decode_payload(raw: bytes) -> Any:
-    """DESIGN.md's payload rule: JSON when it parses, else UTF-8 text, else base64."""
+    """DESIGN.md's payload rule: JSON when it parses, else UTF-8 text, else base64.
+
+    JSON nested more than ``MAX_DEPTH`` levels deep is kept as text too: Python's json
+    recurses, so an event around it might not encode, or decode again when leased.
+    """
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return {"base64": base64.b64encode(raw).decode("ascii")}
     try:
         # NaN and Infinity parse in Python but are not JSON; keep such payloads as text.
-        return json.loads(text, parse_constant=_reject_constant)
-    except ValueError:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):  # json raises RecursionError for "[[[[..." nesting
         return text
+    if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(value):
+        return text
+    return value
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether ``value`` nests lists and dicts more than ``MAX_DEPTH`` deep (iteratively)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            if depth > MAX_DEPTH:
+                return True
+            stack.extend((child, depth + 1) for child in item)
+    return False
 
 
 def _reject_constant(name: str) -> Any:
@@ -153,7 +177,7 @@ class Command:
         text = payload.decode("utf-8") if isinstance(payload, bytes) else payload
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep "[[[[...": RecursionError, not ValueError
             data = text.strip()
         if isinstance(data, str):
             data = {"action": data}

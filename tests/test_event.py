@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.event import Event, decode_payload, new_id
+from relay.event import MAX_DEPTH, Event, decode_payload, new_id
 
 
 def test_json_shape_is_the_public_one() -> None:
@@ -90,3 +90,15 @@ def test_non_json_payload_is_refused_at_creation() -> None:
         Event.new(node="n", source="push", name="x", payload=float("nan"))
     with pytest.raises(TypeError):
         Event.new(node="n", source="push", name="x", payload=object())
+
+
+def test_deeply_nested_json_is_kept_as_text() -> None:
+    """JSON that parses stays JSON up to MAX_DEPTH levels; deeper (or so deep that Python's
+    json cannot parse it) it is kept as text, so the event around it always encodes."""
+    fits = "[" * MAX_DEPTH + "]" * MAX_DEPTH
+    assert decode_payload(fits.encode()) == json.loads(fits)
+    deeper = "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1)
+    assert decode_payload(deeper.encode()) == deeper
+    assert decode_payload(b"[" * 100_000) == "[" * 100_000
+    event = Event.new(node="n", source="t", name="x", payload=decode_payload(fits.encode()))
+    assert Event.from_json(event.to_json()) == event

@@ -46,6 +46,7 @@ class HttpSink:
         if cfg.token is not None:
             self._headers["Authorization"] = f"Bearer {cfg.token.get_secret_value()}"
         self._deadline = Deadline(cfg.name)
+        _quiet_httpx()
         self._client = httpx.Client(
             transport=transport,
             verify=_tls_context(cfg),
@@ -116,3 +117,12 @@ def _describe(exc: httpx.HTTPError) -> str:
         cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
     text = str(cause) or type(cause).__name__
     return text if isinstance(cause, httpx.HTTPError) else f"{type(exc).__name__}: {text}"
+
+
+def _quiet_httpx() -> None:
+    # httpx logs every request at INFO ("HTTP Request: POST <url> ..."): a journal line per
+    # event delivered, with the URL (and a token in its query, if any). Unless relay itself
+    # logs at DEBUG, leave those out; failures reach the log through the forwarder, once.
+    httpx_log = logging.getLogger("httpx")
+    if httpx_log.level == logging.NOTSET and not log.isEnabledFor(logging.DEBUG):
+        httpx_log.setLevel(logging.WARNING)

@@ -76,7 +76,12 @@ def open_file(path: Path, durability: Durability, *, check: bool) -> sqlite3.Con
         raise SpoolError(f"cannot create state_dir {path.parent}: {exc.strerror}") from None
     _set_aside_stray_journal(path)
     conn = _connect(path)
-    if check and (problem := _check(conn)):
+    try:
+        problem = _check(conn) if check else None
+    except sqlite3.DatabaseError as exc:  # not the file: the disk (full, read-only, failing)
+        conn.close()
+        raise SpoolError(f"cannot open spool {path}: {explain(path, exc)}") from None
+    if problem:
         conn.close()
         _quarantine(path, problem)
         conn = _connect(path)
@@ -85,7 +90,7 @@ def open_file(path: Path, durability: Durability, *, check: bool) -> sqlite3.Con
         migrate(conn)
     except sqlite3.DatabaseError as exc:
         conn.close()
-        raise SpoolError(f"cannot open spool {path}: {exc}") from None
+        raise SpoolError(f"cannot open spool {path}: {explain(path, exc)}") from None
     free = _free_bytes(path.parent)
     if free is not None and free < LOW_SPACE:
         keep_wal_small(conn)
@@ -97,6 +102,20 @@ def open_file(path: Path, durability: Durability, *, check: bool) -> sqlite3.Con
                 path,
             )
     return conn
+
+
+def explain(path: Path, exc: sqlite3.Error) -> str:
+    """SQLite's message, with what it does not say: that the disk is full or read-only
+    (it reports either as "disk I/O error" or "unable to open database file" at times)."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return str(exc)
+    if st.f_flag & os.ST_RDONLY:
+        return f"{exc} ({path.parent} is on a read-only file system)"
+    if st.f_bavail * st.f_frsize < 64 * 1024:
+        return f"{exc} (no space left on the disk holding {path.parent})"
+    return str(exc)
 
 
 def keep_wal_small(conn: sqlite3.Connection) -> None:
@@ -145,7 +164,7 @@ def _connect(path: Path) -> sqlite3.Connection:
         # timeout: how long to wait for another process's write lock (relay push, relay dlq).
         return sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
     except sqlite3.Error as exc:
-        raise SpoolError(f"cannot open spool {path}: {exc}") from None
+        raise SpoolError(f"cannot open spool {path}: {explain(path, exc)}") from None
 
 
 def _configure(conn: sqlite3.Connection, durability: Durability) -> None:
@@ -159,11 +178,19 @@ def _configure(conn: sqlite3.Connection, durability: Durability) -> None:
 
 
 def _check(conn: sqlite3.Connection) -> str | None:
-    """What is wrong with the open file, or None when ``quick_check`` says ok."""
+    """What is wrong with the open file, or None when ``quick_check`` says ok.
+
+    Raises ``sqlite3.DatabaseError`` when the file could not be checked for another reason
+    than damage: a full disk (no room for the ``-shm`` file), a read-only one, an I/O
+    error. Those are not the file's fault, and it must not be set aside for them.
+    """
     try:
         rows = conn.execute("PRAGMA quick_check").fetchall()
     except sqlite3.DatabaseError as exc:
-        return str(exc)
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code
+        if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+            return str(exc)
+        raise
     if rows == [("ok",)]:
         return None
     return "; ".join(str(r[0]) for r in rows[:3])

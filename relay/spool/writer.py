@@ -198,7 +198,7 @@ class Writer:
         """The error a failed commit gives its operations; logged once per outage, and only
         when someone does not wait for it (a waiting caller gets it raised and reports it:
         ``relay push`` on a full disk prints one line, not two). Under the writer's lock."""
-        full = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_FULL
+        full = getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL
         why = f"no space left on the disk holding {self._path} ({exc})" if full else str(exc)
         error = SpoolError(f"spool write failed: {why}")
         if full:
