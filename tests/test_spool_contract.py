@@ -12,7 +12,7 @@ import pytest
 
 from relay.errors import SpoolClosed, SpoolError, SpoolFull
 from relay.event import Event
-from relay.spool import ROW_OVERHEAD, Durability, Spool
+from relay.spool import ROW_OVERHEAD, Chain, Durability, Spool
 
 MODES = ["full", "normal", "memory"]
 
@@ -192,6 +192,41 @@ def test_rejected_put_does_not_fail_its_commit_neighbours(tmp_path: Path, mode: 
         assert results[:2] == [None, None]
         assert isinstance(results[2], SpoolFull)
         assert ns(s.lease("a", 5)) == [0, 1]
+
+
+def test_a_chain_stores_nothing_after_its_first_refusal(tmp_path: Path, mode: Durability) -> None:
+    """Without a chain a small event fits after a refused large one and is stored ahead of
+    it; on a chain it is refused too, so that a producer sending both again keeps order."""
+    one = len(ev(0, 100).to_json()) + ROW_OVERHEAD
+    with Spool.open(tmp_path, durability=mode, max_bytes=2 * one + 10) as s:
+        s.register_sinks(["a"])
+        for chain in (None, Chain()):
+            results = _put_async_all(s, [ev(0, 100), ev(1, 400), ev(2, 0)], chain)
+            stored = ns(s.lease("a", 5))
+            if chain is None:
+                assert results[0] is None and isinstance(results[1], SpoolFull)
+                assert results[2] is None and stored == [0, 2]  # 2 got in ahead of 1
+                s.ack("a", s.lease("a", 5).records[-1].seq)
+            else:
+                assert results[0] is None and isinstance(results[1], SpoolFull)
+                assert isinstance(results[2], SpoolError) and stored == [0]
+                assert chain.broken is results[1]
+
+
+def _put_async_all(s: Spool, events: list[Event], chain: Chain | None) -> list[object]:
+    """put_async each event in turn; their results once all are in."""
+    results: list[object] = []
+    done = threading.Semaphore(0)
+
+    def record(err: object) -> None:
+        results.append(err)
+        done.release()
+
+    for event in events:
+        s.put_async([event], record, chain=chain)
+    for _ in events:
+        done.acquire()
+    return results
 
 
 def test_drop_oldest_drops_and_counts(tmp_path: Path, mode: Durability) -> None:

@@ -36,7 +36,7 @@ from relay.config import MqttConfig, MqttSourceConfig
 from relay.errors import DeviceError, DeviceUnavailable, SpoolError
 from relay.event import Command, Event, decode_payload
 from relay.metrics import NO_METRICS, Metrics
-from relay.spool import Spool
+from relay.spool import Chain, Spool
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,12 @@ class MqttSource:
         self._stop = threading.Event()
         self._subscribed = False  # this process has subscribed once (session may keep it)
         self._refusing = False  # a put failed: ack nothing more on this connection
+        # This connection's puts, stored in order or not at all (see Chain); a new one per
+        # connection, so that a commit that ends after a reconnect never acks on the new
+        # connection a packet id that belonged to the old one. _ack_lock makes the check
+        # and the ack one step against _connect swapping it.
+        self._chain = Chain()
+        self._ack_lock = threading.Lock()
         self._refused: str | None = None  # why puts fail, until one succeeds again
         self.connected_once = False  # the current connection got a CONNACK
         self._last_tick = time.monotonic()  # the network loop's last round, for alive()
@@ -181,6 +187,8 @@ class MqttSource:
         return f"{self.cfg.host}:{self.cfg.port}"
 
     def _connect(self) -> None:
+        with self._ack_lock:
+            self._chain = Chain()
         self._refusing = False
         self.connected_once = False
         props = None
@@ -419,7 +427,7 @@ class MqttSource:
         event = Event.new(
             node=self.node, source="mqtt", name=topic, payload=decode_payload(bytes(msg.payload))
         )
-        self.spool.put_async([event], lambda error: self._stored(error, ack))
+        self.spool.put_async([event], lambda error: self._stored(error, ack), chain=self._chain)
 
     def _limit(self, topic: str) -> int:
         limits = {int(limit) for _, _, limit in self._filters}
@@ -450,11 +458,15 @@ class MqttSource:
         self.spool.reject_async(where, event, reason, lambda error: self._stored(error, ack))
 
     def _acker(self, msg: mqtt.MQTTMessage) -> Callable[[], None]:
-        client, mid, qos = self._client, msg.mid, msg.qos
+        client, mid, qos, chain = self._client, msg.mid, msg.qos, self._chain
 
         def ack() -> None:
-            if qos:  # paho's ack() is thread-safe: it queues the PUBACK and wakes the loop
-                client.ack(mid, qos)
+            with self._ack_lock:
+                # Only on the connection the message came on: after a reconnect the broker
+                # sends it again, and this packet id may name another message by then.
+                if qos and chain is self._chain:
+                    # paho's ack() is thread-safe: it queues the PUBACK and wakes the loop
+                    client.ack(mid, qos)
 
         return ack
 

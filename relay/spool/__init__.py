@@ -27,6 +27,7 @@ across them.
 
 from relay.spool.model import (
     ROW_OVERHEAD,
+    Chain,
     DeadLetter,
     Done,
     Durability,
@@ -40,6 +41,7 @@ from relay.spool.spool import Spool
 
 __all__ = [
     "ROW_OVERHEAD",
+    "Chain",
     "DeadLetter",
     "Done",
     "Durability",

@@ -13,6 +13,18 @@ Durability = Literal["full", "normal", "memory"]
 WhenFull = Literal["reject", "drop_oldest"]
 Done = Callable[[SpoolError | None], None]
 
+
+class Chain:
+    """Puts that must be stored in the order they were queued, or not at all: once one is
+    refused (a full disk), every later one on the same chain is refused too, so that what
+    the producer gives back and sends again cannot land behind what came after it. Used
+    by the MQTT source, one chain per broker connection. Read and set on the writer thread.
+    """
+
+    def __init__(self) -> None:
+        self.broken: SpoolError | None = None
+
+
 # Bytes charged per row on top of its body (keys, record header, index entry), so that the
 # size cap tracks the file and not only the payloads.
 ROW_OVERHEAD = 64

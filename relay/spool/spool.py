@@ -16,6 +16,7 @@ from relay.event import Command, Event
 from relay.spool import commands, file
 from relay.spool.changes import Changes
 from relay.spool.model import (
+    Chain,
     DeadLetter,
     Done,
     Durability,
@@ -127,14 +128,35 @@ class Spool:
         """Store events in this order, in one commit; returns once it is committed."""
         self._writer.call(lambda t: t.insert(events))
 
-    def put_async(self, events: Sequence[Event], done: Done) -> None:
+    def put_async(self, events: Sequence[Event], done: Done, *, chain: Chain | None = None) -> None:
         """Queue events for the next commit and return at once.
 
         ``done(None)`` is called on the writer thread after the commit that stored them, or
         ``done(error)`` if they were not stored. ``done`` must be quick and must not call the
-        spool's blocking methods: it runs on the thread that would serve them.
+        spool's blocking methods: it runs on the thread that would serve them. With a
+        ``chain``, nothing is stored after the first put of that chain that was not.
         """
-        self._writer.submit(lambda t: t.insert(events), lambda _, error: done(error))
+        if chain is None:
+            self._writer.submit(lambda t: t.insert(events), lambda _, error: done(error))
+            return
+
+        def insert(t: Txn) -> None:
+            if chain.broken is not None:
+                raise SpoolError(f"not stored after an earlier refusal: {chain.broken}")
+            try:
+                t.insert(events)
+            except SpoolError as exc:  # refused alone; the rest of its commit goes on
+                chain.broken = exc
+                raise
+
+        def finished(_: object, error: SpoolError | None) -> None:
+            # A commit that failed as a whole: its callbacks run before the writer starts
+            # the next one, so the chain is broken before anything later is tried.
+            if error is not None and chain.broken is None:
+                chain.broken = error
+            done(error)
+
+        self._writer.submit(insert, finished)
 
     def reject_async(self, sink: str, event: Event, reason: str, done: Done) -> None:
         """Store ``event`` straight into ``sink``'s dead letters, with ``reason``.

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from relay.event import MAX_DEPTH
 from tests.fault.harness import (
     AgentProcess,
     array_table,
@@ -153,7 +154,8 @@ def test_bad_input_end_to_end(rig: Rig) -> None:
     assert not rig.delivered(f"{topic}/big")
 
     # Junk JSON: kept as the text it is (DESIGN.md: JSON when it parses, else text).
-    junk = [b'{"n": 1,', b'{"n": NaN}', b"\x00\x01 not json", b"", DEEP, b"[" * 65 + b"]" * 65]
+    too_deep = b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1)  # parses, but kept as text
+    junk = [b'{"n": 1,', b'{"n": NaN}', b"\x00\x01 not json", b"", DEEP, too_deep]
     for payload in junk:
         rig.publish(f"{topic}/junk", payload)
     rig.good_event_after("junk JSON")
