@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from relay.backoff import Backoff
 from relay.devices import Device
-from relay.errors import DeviceError, DeviceUnavailable
+from relay.errors import DeviceError, DeviceUnavailable, SpoolError
 from relay.event import Command, Event
 from relay.metrics import NO_METRICS, Metrics
 from relay.spool import Spool
@@ -274,12 +274,21 @@ class CommandExecutor:
 
     def run(self) -> None:
         errors = 0
+        spool_error: str | None = None  # the spool's refusal (a full disk), logged once
         while not self._stop.is_set():
             version = self.spool.commands_version  # before looking: no missed wake-up
             self.busy_since = self._clock()
             try:
                 step = self.step(self._clock())
-                errors = 0
+                errors, spool_error = 0, None
+            except SpoolError as exc:  # the disk is full or read-only: no bug, no traceback
+                errors += 1
+                delay = self.backoff.delay(errors, self._rng)
+                if str(exc) != spool_error:
+                    log.error("command executor: %s; trying again in %.1fs", exc, delay)
+                spool_error = str(exc)
+                self._stop.wait(delay)
+                continue
             except Exception:  # the thread's top: log, count, back off, go on
                 errors += 1
                 delay = self.backoff.delay(errors, self._rng)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 
 from relay.backoff import Backoff
 from relay.commands import CommandExecutor, Step
-from relay.errors import DeviceError, DeviceUnavailable
+from relay.errors import DeviceError, DeviceUnavailable, SpoolError
 from relay.event import Command
 from relay.spool import Spool
 
@@ -259,3 +260,35 @@ def test_bad_device_names_are_refused() -> None:
         with pytest.raises(ValueError):
             Command.parse(b"on", device=device, source="mqtt", received_at=WALL)
     assert json.dumps(Command.parse(b"on", device="lamp-2", source="x", received_at=0).args) == "{}"
+
+
+def test_a_failing_spool_is_one_line_not_a_traceback_per_try(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full or read-only disk is no bug: the executor says so once and keeps trying."""
+    device = FakeDevice()
+    ex = CommandExecutor(
+        spool, {"lamp": device}, node="n", ttl_s=30, timeout_s=5,
+        backoff=Backoff(0.01, 1.0, 0.01), rng=random.Random(1),
+    )  # fmt: skip
+    spool.record_command(cmd("c1"))
+    real, failures = spool.next_command, [3]
+
+    def failing() -> Command | None:
+        if failures[0]:
+            failures[0] -= 1
+            raise SpoolError("spool write failed: no space left on the disk holding x")
+        return real()
+
+    monkeypatch.setattr(spool, "next_command", failing)
+    ex.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not device.calls:
+            assert time.monotonic() < deadline, "the command never ran"
+            time.sleep(0.01)
+    finally:
+        ex.stop()
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].exc_info is None
+    assert "no space left" in errors[0].getMessage()
