@@ -222,3 +222,26 @@ def test_rabbit_restart_keeps_durable_queue_and_persistent_message(
     assert not rabbit.running
     assert not workdir.exists()
     assert_shared_untouched(shared_up)
+
+
+@pytest.mark.slow
+def test_rabbit_start_moves_off_ports_taken_meanwhile() -> None:
+    """Under pytest -n another worker can take a port between its choice and the node's
+    bind; the node then exits at once (seen in CI), and start() tries fresh ports."""
+    require(rabbit_unusable())
+    rabbit = PrivateRabbit()
+    taken = []
+    for port in (rabbit.port, rabbit.dist_port):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1" if port == rabbit.port else "0.0.0.0", port))
+        sock.listen()
+        taken.append(sock)
+    chosen = (rabbit.port, rabbit.dist_port)
+    try:
+        rabbit.start()
+        assert rabbit.port != chosen[0] and rabbit.dist_port != chosen[1]
+        pika.BlockingConnection(pika.URLParameters(rabbit.url)).close()
+    finally:
+        rabbit.close()
+        for sock in taken:
+            sock.close()

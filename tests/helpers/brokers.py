@@ -401,6 +401,10 @@ _AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
 _AMQP_CONNECTION_START_PREFIX = b"\x01\x00\x00"
 
 
+class _NodeExited(RuntimeError):
+    """A private RabbitMQ node's processes exited while it was starting."""
+
+
 class PrivateRabbit:
     """A private RabbitMQ node (3.10, Debian packaging) on free loopback ports.
 
@@ -437,6 +441,7 @@ class PrivateRabbit:
         self.nodename = f"relaytest-{os.getpid()}-{secrets.token_hex(4)}@localhost"
         self._parent = Path(parent) if parent is not None else Path(tempfile.gettempdir())
         self._workdir: Path | None = None
+        self._started_once = False  # a start succeeded: the AMQP port is in tests' configs
 
     # -- paths and environment ---------------------------------------------------------
 
@@ -490,14 +495,19 @@ class PrivateRabbit:
         (wd / "mnesia").mkdir()
         (wd / "log").mkdir()
         (wd / "enabled_plugins").write_text("[].\n")
-        (wd / "rabbitmq.conf").write_text(
+        self._write_config()
+        for path in [wd, *wd.rglob("*")]:
+            shutil.chown(path, RABBITMQ_USER, RABBITMQ_USER)
+
+    def _write_config(self) -> None:
+        conf = self.workdir / "rabbitmq.conf"
+        conf.write_text(
             f"listeners.tcp.1 = {self.host}:{self.port}\n"
             # The shared node's 50MB default would block publishers on a nearly full /tmp
             # and make outage tests fail for an unrelated reason.
             "disk_free_limit.absolute = 1MB\n"
         )
-        for path in [wd, *wd.rglob("*")]:
-            shutil.chown(path, RABBITMQ_USER, RABBITMQ_USER)
+        shutil.chown(conf, RABBITMQ_USER, RABBITMQ_USER)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -512,7 +522,27 @@ class PrivateRabbit:
         Ready means: the port answers the AMQP protocol header with Connection.Start
         and ``rabbitmqctl await_startup`` succeeded. Data from a previous run of this
         object (durable queues, persistent messages) is kept. No-op when running.
+
+        A node whose processes exit during start-up is tried again (three times in all) on
+        fresh ports: the ports were free when chosen, but under ``pytest -n`` another
+        worker's broker or proxy can take one before the node binds it, and the node then
+        exits at once (seen in CI). The AMQP port changes only before the first start
+        succeeded, since the tests' configs point at it afterwards.
         """
+        for attempt in (1, 2, 3):
+            try:
+                self._start_once()
+                self._started_once = True
+                return
+            except _NodeExited:
+                if attempt == 3:
+                    raise
+                self.dist_port = free_port()
+                if not self._started_once:
+                    self.port = free_port()
+                    self._write_config()
+
+    def _start_once(self) -> None:
         if self.running:
             return
         self._prepare()
@@ -534,14 +564,15 @@ class PrivateRabbit:
             self.ctl("await_startup", "--timeout", str(int(self.start_timeout)))
         except (TimeoutError, RuntimeError, subprocess.SubprocessError) as exc:
             self.kill()
-            raise RuntimeError(
+            error = _NodeExited if isinstance(exc, _NodeExited) else RuntimeError
+            raise error(
                 f"private RabbitMQ {self.nodename} did not start on port {self.port}: {exc}\n"
                 + log_tail(self.workdir / "startup.log", self.log_file)
             ) from None
 
     def _amqp_ready_or_raise(self) -> bool:
         if not self.running:
-            raise RuntimeError("the node's processes exited during startup")
+            raise _NodeExited("the node's processes exited during startup")
         reply = _exchange(self.host, self.port, _AMQP_HEADER, 3)
         return reply == _AMQP_CONNECTION_START_PREFIX
 
