@@ -165,7 +165,14 @@ def _mqtt(settings: Settings, spool: Spool, metrics: Metrics = NO_METRICS) -> Mq
         return None
     from relay.sources.mqtt import MqttSource
 
-    return MqttSource(settings.mqtt, sources, spool, node=settings.node, metrics=metrics)
+    return MqttSource(
+        settings.mqtt,
+        sources,
+        spool,
+        node=settings.node,
+        metrics=metrics,
+        state_dir=settings.state_dir,
+    )
 
 
 def _device(cfg: Any, mqtt: MqttSource | None, factory: Any) -> Device:

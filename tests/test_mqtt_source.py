@@ -339,3 +339,41 @@ def test_spool_full_holds_messages_at_the_broker(
         delivered = list(dict.fromkeys(e["payload"]["n"] for e in remote.accepted()))
     assert sorted(delivered) == list(range(200))
     print(f"{held} of 200 fit before the spool was full; all 200 delivered after it drained")
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_a_restart_does_not_ingest_retained_messages_again(
+    protocol: str, broker: tuple[str, int], write_config: Callable[..., Path], state_dir: Path
+) -> None:
+    """A retained state (a door sensor's last "open") is one event, not one per restart:
+    with the session kept, relay does not subscribe again (that resends retained messages);
+    with other filters it does, and gets the retained messages of the new filter (and, in
+    MQTT 3.1.1, those of the old ones again: a changed config may repeat them once)."""
+    topic, cid = unique("relaytest/"), unique("relay-test-")
+    extra = f'protocol = "{protocol}"\nsession_expiry = "1h"\n'
+    cfg = write_config(mqtt_config(broker[1], topic, cid, extra))
+    with Publisher(*broker) as pub:
+        pub.wait([pub.publish(f"{topic}/door", "open", retain=True)])
+        pub.wait([pub.publish(f"{topic}-other/lamp", "on", retain=True)])
+    try:
+        for _ in range(3):
+            with running_agent(cfg) as agent:
+                subscribed(agent)
+                wait_for(lambda: any(e["name"] == f"{topic}/door" for e in spooled(state_dir)), 10)
+                time.sleep(0.3)  # a resent retained message would arrive by now
+        assert [e["name"] for e in spooled(state_dir)] == [f"{topic}/door"]
+        # Another filter: subscribed again, and its retained message arrives.
+        cfg = write_config(
+            mqtt_config(broker[1], topic, cid, extra, f'[[sources]]\ntype = "mqtt"\n'
+                        f'topics = ["{topic}-other/#"]\nqos = 1\n')
+        )  # fmt: skip
+        with running_agent(cfg) as agent:
+            subscribed(agent)
+            wait_for(lambda: len(spooled(state_dir)) >= 2, 10, "the new filter's retained")
+            time.sleep(0.3)
+        names = [e["name"] for e in spooled(state_dir)]
+        assert names[0] == f"{topic}/door" and names.count(f"{topic}-other/lamp") == 1
+    finally:
+        with Publisher(*broker) as pub:  # clear the retained messages
+            pub.wait([pub.publish(f"{topic}/door", "", retain=True)])
+            pub.wait([pub.publish(f"{topic}-other/lamp", "", retain=True)])

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -36,6 +37,7 @@ from relay.config import MqttConfig, MqttSourceConfig
 from relay.errors import DeviceError, DeviceUnavailable, SpoolError
 from relay.event import Command, Event, decode_payload
 from relay.metrics import NO_METRICS, Metrics
+from relay.sources.mqtt_memo import SubscriptionMemo
 from relay.spool import Chain, Spool
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,7 @@ class MqttSource:
         commands: CommandTopic | None = None,
         rng: random.Random | None = None,
         metrics: Metrics = NO_METRICS,
+        state_dir: Path | None = None,
     ) -> None:
         self.cfg = cfg
         self.commands = commands
@@ -103,6 +106,9 @@ class MqttSource:
         self._refused: str | None = None  # why puts fail, until one succeeds again
         self.connected_once = False  # the current connection got a CONNACK
         self._last_tick = time.monotonic()  # the network loop's last round, for alive()
+        self._client_id = cfg.client_id or f"relay-{node}"
+        self._memo = SubscriptionMemo(state_dir, self._where, self._client_id)
+        self._asked: list[tuple[str, int]] = []  # the subscriptions last sent to the broker
         self._client = self._make_client()
         self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
 
@@ -112,7 +118,7 @@ class MqttSource:
         v5 = self.cfg.protocol == "5"
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.cfg.client_id or f"relay-{self.node}",
+            client_id=self._client_id,
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
             # MQTT 3.1.1: keep our subscriptions and unacked messages while we are away.
             clean_session=None if v5 else False,
@@ -237,10 +243,7 @@ class MqttSource:
         if reason.is_failure:
             self.last_error = f"broker refused the connection: {reason}"
             return
-        # paho calls this after every reconnect. With our session still at the broker, our
-        # subscriptions are too: subscribing again would make it resend retained messages.
-        if not (flags.session_present and self._subscribed):
-            self._subscribe(client)
+        self._subscribe(client, session_present=bool(flags.session_present))
         # paho notices a dead link K to 2K after the last byte it got (K: the keepalive it
         # sent, or the broker's): it pings once K has passed in silence, then waits K more
         # for the answer. Checking against K/2 (paho has no public knob) pings twice as
@@ -264,7 +267,32 @@ class MqttSource:
             except Exception:  # nothing may escape into paho's loop
                 log.exception("mqtt: a connect listener failed")
 
-    def _subscribe(self, client: mqtt.Client) -> None:
+    def _subscribe(self, client: mqtt.Client, *, session_present: bool) -> None:
+        wanted = self._route(client)
+        if not wanted:
+            return
+        # With our session still at the broker, our subscriptions are too, and subscribing
+        # again would make it resend every retained message (MQTT 3.1.1, 3.8.4): a retained
+        # "door open" would become a new event at each restart. In this process we know what
+        # we subscribed; across restarts the memo in state_dir does.
+        if session_present and (self._subscribed or self._memo.holds(wanted)):
+            if not self._subscribed:  # once per process, as "subscribed to" is
+                topics = ", ".join(t for t, _ in wanted)
+                log.info("mqtt: subscribed to %s (kept in the broker's session)", topics)
+            self._subscribed = True
+            self.subscribed.set()
+            return
+        self._memo.forget()  # until the broker grants these, the memo would say too much
+        if self.cfg.protocol == "5":
+            # Retain handling 1: retained messages only for a subscription that is new.
+            client.subscribe([(t, SubscribeOptions(qos=q, retainHandling=1)) for t, q in wanted])
+        else:
+            client.subscribe(wanted)
+        self._asked = wanted
+        self._subscribed = True
+
+    def _route(self, client: mqtt.Client) -> list[tuple[str, int]]:
+        """Send commands and listened topics to their callbacks; what to subscribe to."""
         wanted = [(t, int(q)) for t, q, _ in self._filters]
         if self.commands is not None:
             # paho routes a message matching this filter there, and not to on_message.
@@ -274,14 +302,7 @@ class MqttSource:
             client.message_callback_add(topic, self._listener(callback))
             # QoS 0: nothing to acknowledge, and nothing queued for us while we are away.
             wanted.append((topic, 0))
-        if not wanted:
-            return
-        if self.cfg.protocol == "5":
-            # Retain handling 1: retained messages only for a subscription that is new.
-            client.subscribe([(t, SubscribeOptions(qos=q, retainHandling=1)) for t, q in wanted])
-        else:
-            client.subscribe(wanted)
-        self._subscribed = True
+        return wanted
 
     def _on_subscribe(
         self,
@@ -299,6 +320,7 @@ class MqttSource:
             topics += [self.commands.topic] if self.commands else []
             topics += [t for t, _ in self._listeners]
             log.info("mqtt: subscribed to %s", ", ".join(topics))
+            self._memo.save(self._asked)
         self.subscribed.set()
 
     def _on_disconnect(
