@@ -60,6 +60,14 @@ class CommandTopic:
     recorded: Callable[[str], None]
 
 
+@dataclass(frozen=True)
+class _Ack:
+    """Acks one message; ``chain`` is the connection it came on."""
+
+    send: Callable[[], None]
+    chain: Chain
+
+
 def _write_wanted(client: mqtt.Client, userdata: Any, sock: Any) -> None:
     """paho's external-loop hook; the socket pair has already woken the network thread."""
 
@@ -98,11 +106,13 @@ class MqttSource:
         self._subscribed = False  # this process has subscribed once (session may keep it)
         self._refusing = False  # a put failed: ack nothing more on this connection
         # This connection's puts, stored in order or not at all (see Chain); a new one per
-        # connection, so that a commit that ends after a reconnect never acks on the new
-        # connection a packet id that belonged to the old one. _ack_lock makes the check
-        # and the ack one step against _connect swapping it.
+        # connection, so that a commit that ends after a reconnect neither acks on the new
+        # connection a packet id that belonged to the old one nor hands the new connection
+        # back (a late refusal from the old one did: the new one then acked nothing and
+        # never ended, and ingest stalled). _ack_lock makes each callback's check and act
+        # one step against _connect starting the next connection.
         self._chain = Chain()
-        self._ack_lock = threading.Lock()
+        self._ack_lock = threading.RLock()
         self._refused: str | None = None  # why puts fail, until one succeeds again
         self.connected_once = False  # the current connection got a CONNACK
         self._last_tick = time.monotonic()  # the network loop's last round, for alive()
@@ -195,7 +205,7 @@ class MqttSource:
     def _connect(self) -> None:
         with self._ack_lock:
             self._chain = Chain()
-        self._refusing = False
+            self._refusing = False
         self.connected_once = False
         props = None
         if self.cfg.protocol == "5":
@@ -366,7 +376,7 @@ class MqttSource:
             if any(mqtt.topic_matches_sub(t, msg.topic) for t, _, _ in self._filters):
                 self._on_message(client, userdata, msg)
             else:
-                self._acker(msg)()
+                self._acker(msg).send()  # on the network thread: this connection
 
         return handle
 
@@ -465,7 +475,7 @@ class MqttSource:
         msg: mqtt.MQTTMessage,
         name: str,
         reason: str,
-        ack: Callable[[], None],
+        ack: _Ack,
         where: str = REJECTS,
     ) -> None:
         """Dead-letter the message's metadata (never the payload), then ack it."""
@@ -479,21 +489,24 @@ class MqttSource:
         log.warning("mqtt: message on %r dead-lettered: %s", name[:200], reason)
         self.spool.reject_async(where, event, reason, lambda error: self._stored(error, ack))
 
-    def _acker(self, msg: mqtt.MQTTMessage) -> Callable[[], None]:
-        client, mid, qos, chain = self._client, msg.mid, msg.qos, self._chain
+    def _acker(self, msg: mqtt.MQTTMessage) -> _Ack:
+        client, mid, qos = self._client, msg.mid, msg.qos
 
         def ack() -> None:
-            with self._ack_lock:
-                # Only on the connection the message came on: after a reconnect the broker
-                # sends it again, and this packet id may name another message by then.
-                if qos and chain is self._chain:
-                    # paho's ack() is thread-safe: it queues the PUBACK and wakes the loop
-                    client.ack(mid, qos)
+            if qos:  # paho's ack() is thread-safe: it queues the PUBACK and wakes the loop
+                client.ack(mid, qos)
 
-        return ack
+        return _Ack(ack, self._chain)
 
-    def _stored(self, error: SpoolError | None, ack: Callable[[], None]) -> None:
+    def _stored(self, error: SpoolError | None, ack: _Ack) -> None:
         """The spool's commit callback (writer thread): ack, or give the message back."""
+        with self._ack_lock:
+            # Only for the connection the message came on: after a reconnect the broker
+            # sends it again, and its packet id may name another message by then.
+            if ack.chain is self._chain:
+                self._settle(error, ack.send)
+
+    def _settle(self, error: SpoolError | None, ack: Callable[[], None]) -> None:
         if error is None and not self._refusing:
             crashpoints.crash("after_commit_before_ack")
             ack()
