@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from pydantic import SecretStr
 
 
 def with_secret(data: Any, file_key: str, key: str) -> Any:
@@ -35,3 +38,24 @@ def read_secret(path: Path, key: str) -> str:
         raise ValueError(f"cannot read {key} {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise ValueError(f"{key} {path} is not UTF-8 text") from None
+
+
+def with_url_password(data: Any, *, user_required: str | None = None) -> Any:
+    """``data`` with the content of its ``password_file`` as the password in its ``url``
+    (percent-encoded; the user name, if any, stays). ``user_required``: the message when the
+    url must name a user and does not."""
+    if not (isinstance(data, dict) and data.get("password_file")):
+        return data
+    password = read_secret(Path(data["password_file"]), "password_file")
+    url = data.get("url")
+    if isinstance(url, SecretStr):
+        url = url.get_secret_value()
+    if not isinstance(url, str):
+        return data  # the url's own validation reports what is wrong with it
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    if user_required and not (at and user):
+        raise ValueError(user_required)
+    netloc = f"{user}:{quote(password, safe='')}@{hostport}"
+    return {**data, "url": urlunsplit(parts._replace(netloc=netloc))}

@@ -4,13 +4,12 @@ the retry policy every sink shares."""
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from relay.config.credentials import read_secret, with_secret
+from relay.config.credentials import with_secret, with_url_password
 from relay.config.types import Duration, OptionalPath, Section, check_url
 
 
@@ -67,22 +66,10 @@ class AmqpSinkConfig(SinkBase):
     @model_validator(mode="before")
     @classmethod
     def _load_password(cls, data: Any) -> Any:
-        """``password_file``'s content replaces the password in ``url`` (percent-encoded)."""
-        if not (isinstance(data, dict) and data.get("password_file")):
-            return data
-        password = read_secret(Path(data["password_file"]), "password_file")
-        url = data.get("url")
-        if isinstance(url, SecretStr):
-            url = url.get_secret_value()
-        if not isinstance(url, str):
-            return data  # the url's own validation reports what is wrong with it
-        parts = urlsplit(url)
-        userinfo, at, hostport = parts.netloc.rpartition("@")
-        user = userinfo.split(":", 1)[0]
-        if not at or not user:
-            raise ValueError("password_file needs a user name in url (amqp://USER@host/)")
-        netloc = f"{user}:{quote(password, safe='')}@{hostport}"
-        return {**data, "url": urlunsplit(parts._replace(netloc=netloc))}
+        """``password_file``'s content replaces the password in ``url``."""
+        return with_url_password(
+            data, user_required="password_file needs a user name in url (amqp://USER@host/)"
+        )
 
     @model_validator(mode="after")
     def _routable(self) -> AmqpSinkConfig:
@@ -118,20 +105,9 @@ class RedisSinkConfig(SinkBase):
     @model_validator(mode="before")
     @classmethod
     def _load_password(cls, data: Any) -> Any:
-        """``password_file``'s content replaces the password in ``url`` (percent-encoded);
-        the user name, if any, stays (Redis 6 ACL users; none means the ``default`` user)."""
-        if not (isinstance(data, dict) and data.get("password_file")):
-            return data
-        password = read_secret(Path(data["password_file"]), "password_file")
-        url = data.get("url")
-        if isinstance(url, SecretStr):
-            url = url.get_secret_value()
-        if not isinstance(url, str):
-            return data  # the url's own validation reports what is wrong with it
-        parts = urlsplit(url)
-        userinfo, _, hostport = parts.netloc.rpartition("@")
-        netloc = f"{userinfo.split(':', 1)[0]}:{quote(password, safe='')}@{hostport}"
-        return {**data, "url": urlunsplit(parts._replace(netloc=netloc))}
+        """``password_file``'s content replaces the password in ``url``; the user name, if
+        any, stays (Redis 6 ACL users; none means the ``default`` user)."""
+        return with_url_password(data)
 
     @model_validator(mode="after")
     def _tls_with_rediss(self) -> RedisSinkConfig:
