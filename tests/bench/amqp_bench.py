@@ -10,33 +10,19 @@ of tests/bench/run_all's table instead).
 from __future__ import annotations
 
 import argparse
-import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import pika
+from backlog import drain_rate, events
 from summary import emit, row
 
-from relay.agent import Agent
 from relay.config import AmqpSinkConfig, Settings
-from relay.event import Event
 from relay.sinks.amqp_wire import properties
-from relay.spool import Spool
 
 URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
-
-
-def events(n: int) -> list[Event]:
-    return [
-        Event.new(
-            node="bench", source="bench", name="home/hall/door", payload={"i": i, "state": "open"}
-        )
-        for i in range(n)
-    ]
 
 
 @contextmanager
@@ -60,26 +46,11 @@ def fresh_queue(url: str, n: int) -> Iterator[str]:
 
 def drain(url: str, n: int, window: int) -> float:
     """Events/s for relay to deliver a backlog of ``n`` queued while the agent was down."""
-    with fresh_queue(url, n) as queue, tempfile.TemporaryDirectory() as d:
-        state = Path(d)
-        with Spool.open(state) as spool:
-            spool.register_sinks(["bus"])
-            for i in range(0, n, 1000):
-                spool.put_many(events(min(1000, n - i)))
+    with fresh_queue(url, n) as queue:
         sink = AmqpSinkConfig(name="bus", type="amqp", url=url, queue=queue, window=window)
-        agent = Agent(Settings(node="bench", state_dir=state, sinks=[sink]))
-        stop = threading.Event()
-        start = time.perf_counter()
-        runner = threading.Thread(target=agent.run, args=(stop,))
-        runner.start()
-        agent.ready.wait()
-        assert agent.spool is not None
-        while agent.spool.lease("bus", 1).records:  # O(1), unlike stats()
-            time.sleep(0.02)
-        elapsed = time.perf_counter() - start
-        stop.set()
-        runner.join()
-    return n / elapsed
+        return drain_rate(
+            lambda state: Settings(node="bench", state_dir=state, sinks=[sink]), "bus", n
+        )
 
 
 def plain_pika(url: str, n: int, confirms: bool) -> float:

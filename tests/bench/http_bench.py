@@ -19,12 +19,11 @@ import time
 from pathlib import Path
 
 import httpx
+from backlog import drain_rate, events
 from summary import emit, row
 
 from relay.agent import Agent
 from relay.config import HttpSinkConfig, Settings
-from relay.event import Event
-from relay.spool import Spool
 
 HERE = Path(__file__).parent
 
@@ -57,15 +56,6 @@ class ReceiverProcess:
         self.proc.wait()
 
 
-def events(n: int) -> list[Event]:
-    return [
-        Event.new(
-            node="bench", source="bench", name="home/hall/door", payload={"i": i, "state": "open"}
-        )
-        for i in range(n)
-    ]
-
-
 def settings(state_dir: Path, url: str, batch_max: int) -> Settings:
     sink = HttpSinkConfig(name="cloud", type="http", url=url, batch_max=batch_max)
     return Settings(node="bench", state_dir=state_dir, sinks=[sink])
@@ -74,26 +64,9 @@ def settings(state_dir: Path, url: str, batch_max: int) -> Settings:
 def drain(rx: ReceiverProcess, n: int, batch_max: int) -> float:
     """Events/s to deliver a backlog of ``n`` that was queued while the agent was down."""
     rx.reset()
-    with tempfile.TemporaryDirectory() as d:
-        state = Path(d)
-        with Spool.open(state) as spool:
-            spool.register_sinks(["cloud"])
-            for i in range(0, n, 1000):
-                spool.put_many(events(min(1000, n - i)))
-        agent = Agent(settings(state, rx.url, batch_max))
-        stop = threading.Event()
-        start = time.perf_counter()
-        runner = threading.Thread(target=agent.run, args=(stop,))
-        runner.start()
-        agent.ready.wait()
-        assert agent.spool is not None
-        while agent.spool.lease("cloud", 1).records:  # O(1), unlike stats()
-            time.sleep(0.02)
-        elapsed = time.perf_counter() - start
-        stop.set()
-        runner.join()
+    rate = drain_rate(lambda state: settings(state, rx.url, batch_max), "cloud", n)
     assert len(rx.arrivals()) == n
-    return n / elapsed
+    return rate
 
 
 def plain_httpx(rx: ReceiverProcess, n: int) -> float:

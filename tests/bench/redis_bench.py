@@ -13,34 +13,20 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import redis
+from backlog import drain_rate, events
 from redis.typing import EncodableT, FieldT
 from summary import emit, row
 
-from relay.agent import Agent
 from relay.config import RedisSinkConfig, Settings, mask_url
-from relay.event import Event
-from relay.spool import Spool
 
 URL = "redis://127.0.0.1:6379/0"
 PIPELINE = 100  # the plain redis-py runs' pipeline length
-
-
-def events(n: int) -> list[Event]:
-    return [
-        Event.new(
-            node="bench", source="bench", name="home/hall/door", payload={"i": i, "state": "open"}
-        )
-        for i in range(n)
-    ]
 
 
 @contextmanager
@@ -56,26 +42,11 @@ def fresh_stream(client: redis.Redis, n: int) -> Iterator[str]:
 
 def drain(client: redis.Redis, url: str, n: int, window: int) -> float:
     """Events/s for relay to deliver a backlog of ``n`` queued while the agent was down."""
-    with fresh_stream(client, n) as stream, tempfile.TemporaryDirectory() as d:
-        state = Path(d)
-        with Spool.open(state) as spool:
-            spool.register_sinks(["work"])
-            for i in range(0, n, 1000):
-                spool.put_many(events(min(1000, n - i)))
+    with fresh_stream(client, n) as stream:
         sink = RedisSinkConfig(name="work", type="redis", url=url, stream=stream, window=window)
-        agent = Agent(Settings(node="bench", state_dir=state, sinks=[sink]))
-        stop = threading.Event()
-        start = time.perf_counter()
-        runner = threading.Thread(target=agent.run, args=(stop,))
-        runner.start()
-        agent.ready.wait()
-        assert agent.spool is not None
-        while agent.spool.lease("work", 1).records:  # O(1), unlike stats()
-            time.sleep(0.02)
-        elapsed = time.perf_counter() - start
-        stop.set()
-        runner.join()
-    return n / elapsed
+        return drain_rate(
+            lambda state: Settings(node="bench", state_dir=state, sinks=[sink]), "work", n
+        )
 
 
 def plain(client: redis.Redis, n: int, pipeline: int, transaction: bool = False) -> float:
