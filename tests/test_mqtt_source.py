@@ -322,6 +322,7 @@ def test_spool_full_holds_messages_at_the_broker(
             running_agent(cfg) as agent,
             Publisher(private_broker.host, private_broker.port) as pub,
         ):
+            subscribed(agent)  # a new session: what is published before SUBACK goes nowhere
             pub.wait(publish_numbered(pub, topic, range(200)))  # ~200 B each: ~4x the cap
             wait_for(
                 lambda: "spool full" in (agent.components[-1].last_error or ""),
