@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import relay
 from tests.fault.harness import (
     AgentProcess,
     AmqpQueue,
@@ -132,6 +133,11 @@ def _partition(
     cut = time.monotonic()
     for proxy in proxies:
         proxy.set_mode(mode)
+    # The HTTP sink can only notice a dead link while it has something to send, and the
+    # stream it sends comes through the MQTT link just cut: without this event it would
+    # depend on an MQTT message still in flight at the cut. In-process, so it is on disk
+    # (and the agent woken) within milliseconds of the cut; not numbered, so not counted.
+    relay.push("partition", {"mode": mode}, config_path=agent.config)
     noticed = {
         link: agent.wait_line(text, 3 * LIMIT[link] + 10, since=mark).at - cut
         for link, text in NOTICED.items()
