@@ -98,6 +98,8 @@ class MqttSource:
         self.subscribed = threading.Event()  # the broker confirmed our subscriptions once
         self.last_error: str | None = None
         self._filters = [(topic, s.qos, s.max_payload) for s in sources for topic in s.topics]
+        limits = {int(limit) for _, _, limit in self._filters}
+        self._one_limit = limits.pop() if len(limits) == 1 else None  # max_payload, if one
         self._listeners: list[tuple[str, Callable[[bytes], None]]] = []  # see listen()
         self._connect_listeners: list[Callable[[], None]] = []
         self._rng = rng or random.Random()
@@ -462,13 +464,12 @@ class MqttSource:
         self.spool.put_async([event], lambda error: self._stored(error, ack), chain=self._chain)
 
     def _limit(self, topic: str) -> int:
-        limits = {int(limit) for _, _, limit in self._filters}
-        if len(limits) == 1:  # the common case; topic_matches_sub() costs 10 us a call
-            return limits.pop()
+        if self._one_limit is not None:  # the common case; topic_matches_sub() costs 10 us
+            return self._one_limit
         for pattern, _, limit in self._filters:
             if mqtt.topic_matches_sub(pattern, topic):
                 return int(limit)
-        return max(limits, default=DEFAULT_MAX_PAYLOAD)
+        return max((int(limit) for _, _, limit in self._filters), default=DEFAULT_MAX_PAYLOAD)
 
     def _reject(
         self,
