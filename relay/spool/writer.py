@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from typing import Any, Generic, TypeVar
 from relay import crashpoints
 from relay.errors import SpoolClosed, SpoolError
 from relay.spool.file import keep_wal_small
+from relay.spool.inbox import Inbox
 from relay.spool.txn import Txn
 
 log = logging.getLogger("relay.spool")
@@ -79,7 +79,7 @@ class Writer:
         self._lock = lock
         self._txn_factory = txn_factory
         self._on_committed = on_committed
-        self._ops: queue.Queue[_Op[Any] | object] = queue.Queue(_QUEUE_OPS)
+        self._ops: Inbox[_Op[Any] | object] = Inbox(_QUEUE_OPS)
         self._closed = False
         self._submit_lock = threading.Lock()  # orders submissions against stop()
         self._failing: str | None = None  # the error commits fail with, logged once
@@ -132,24 +132,16 @@ class Writer:
 
     def _loop(self) -> None:
         while True:
-            item = self._ops.get()
-            batch: list[_Op[Any]] = []
-            while item is not _STOP:
-                assert isinstance(item, _Op)
-                batch.append(item)
-                if len(batch) >= _BATCH_OPS:
-                    break
-                try:
-                    item = self._ops.get_nowait()
-                except queue.Empty:
-                    break
+            items = self._ops.take(_BATCH_OPS)
+            stop = items[-1] is _STOP  # nothing is queued behind it (see _submit)
+            batch = [op for op in items if isinstance(op, _Op)]
             if batch:
                 try:
                     self._commit(batch)
                 except Exception as exc:  # the thread's top: a bug must not hang every caller
                     log.exception("spool writer failed")
                     self._fail(batch, exc)
-            if item is _STOP:
+            if stop:
                 return
 
     def _fail(self, batch: list[_Op[Any]], exc: Exception) -> None:

@@ -25,6 +25,7 @@ from summary import Row, emit, row
 
 from relay.event import Event
 from relay.spool import Spool
+from relay.spool.inbox import Inbox
 
 
 def events(n: int) -> list[Event]:
@@ -88,14 +89,24 @@ def relay_put_async(n: int, producers: int, window: int) -> float:
         return n / (time.perf_counter() - start)
 
 
-def handoff_ceiling(n: int, producers: int) -> float:
+def handoff_ceiling(n: int, producers: int, inbox: bool) -> float:
     """No spool at all: only the thread hand-off a blocking put needs (a queue to a worker
-    thread and a lock it releases). CPython's bound on any blocking put from threads."""
-    q: queue.Queue[threading.Lock | None] = queue.Queue()
+    thread and a lock it releases). CPython's bound on any blocking put from threads: with
+    ``queue.Queue``, or with relay's ``Inbox`` (the worker takes all that waits at once)."""
+    q: queue.Queue[threading.Lock | None] | Inbox[threading.Lock | None]
+    if inbox:
+        q = Inbox(8192)
+        taken = lambda: q.take(1024)  # noqa: E731
+    else:
+        q = queue.Queue()
+        taken = lambda: [q.get()]  # noqa: E731
 
     def worker() -> None:
-        while (lock := q.get()) is not None:
-            lock.release()
+        while True:
+            for lock in taken():
+                if lock is None:
+                    return
+                lock.release()
 
     w = threading.Thread(target=worker)
     w.start()
@@ -213,8 +224,9 @@ def main() -> None:
         rows.append((f"relay put, {producers} producers", rate, "pq put", rate / pq_put))
     rate = median(lambda: relay_put_async(n, 64, 20), runs)
     rows.append(("relay put_async, 64 producers x 20", rate, "pq put", rate / pq_put))
-    rate = median(lambda: handoff_ceiling(n, 64), runs)
-    rows.append(("(no spool: thread hand-off, 64)", rate, "pq put", rate / pq_put))
+    for inbox, how in ((False, "queue.Queue"), (True, "Inbox")):
+        rate = median(lambda inbox=inbox: handoff_ceiling(n, 64, inbox), runs)
+        rows.append((f"(no spool: hand-off, 64, {how})", rate, "pq put", rate / pq_put))
     for lease in (1, 100):
         rate = median(lambda lease=lease: relay_drain(n, lease), runs)
         rows.append((f"relay lease+ack, {lease} per lease", rate, "pq get+ack", rate / pq_drain))
