@@ -136,3 +136,51 @@ def test_killed_mid_command_is_redelivered_and_skipped(
             wait_for(lambda: counts(queue) == (0, 0), 15, "the redelivery to be acked")
     assert executed(device) == ["k1"]  # never twice
     assert outcomes(state_dir)["k1"]["status"] == "interrupted"
+
+
+def check_config(cfg: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*RELAY, "check-config", "--config", str(cfg)], capture_output=True, text=True, check=False
+    )
+
+
+def test_amqp_password_file_supplies_the_password(
+    queue: str, write_config: Callable[..., Path], state_dir: Path, tmp_path: Path
+) -> None:
+    """``commands.amqp_url`` names the user only; ``amqp_password_file`` holds the password
+    (as ``password_file`` does for an AMQP sink), and it never shows in check-config."""
+    secret = tmp_path / "amqp.pass"
+    secret.write_text("guest\n")
+    with RemoteServer() as device:
+        cfg = write_config(
+            config(device.url, queue).replace(
+                f'amqp_url = "{URL}"',
+                f'amqp_url = "amqp://guest@127.0.0.1:5672/%2F"\namqp_password_file = "{secret}"',
+            )
+        )
+        with running_agent(cfg):
+            publish(queue, {"device": "heater", "action": "on", "id": "pw1"})
+            wait_for(lambda: len(outcomes(state_dir)) == 1, 20, "the outcome")
+        shown = check_config(cfg)
+    assert executed(device) == ["pw1"]
+    assert shown.returncode == 0, shown.stderr
+    assert "amqp://guest:***@127.0.0.1" in shown.stdout and "guest:guest" not in shown.stdout
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ('amqp_url = "amqp://127.0.0.1/"\n', "needs a user name in amqp_url"),
+        ("", "amqp_password_file needs amqp_url"),
+    ],
+)
+def test_amqp_password_file_needs_a_url_with_a_user(
+    url: str, error: str, write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    (tmp_path / "pw").write_text("do-not-print")
+    cfg = write_config(f'[commands]\n{url}amqp_password_file = "{tmp_path / "pw"}"\n')
+    done = check_config(cfg)
+    assert done.returncode == 78
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"relay: {cfg}: commands: ") and error in line
+    assert "do-not-print" not in done.stderr + done.stdout

@@ -1,9 +1,10 @@
-"""Device drivers at their libraries' seams: the HTTP device on httpx.MockTransport; the
-JSON templates."""
+"""Device drivers at their libraries' seams: the HTTP device on httpx.MockTransport (and once
+against the real local server); the JSON templates."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,6 +13,7 @@ from relay.config import HttpDeviceConfig
 from relay.devices import render
 from relay.devices.http import HttpDevice
 from relay.errors import DeviceError, DeviceUnavailable
+from tests.helpers.http_server import RemoteServer
 
 
 def heater(handler: object, **cfg: object) -> HttpDevice:
@@ -79,3 +81,28 @@ def test_templates_place_values_and_never_splice() -> None:
     out = render(template, command_id="i", action="on", args=evil)
     assert out == {"state": "on", "note": "say {action}", "args": evil, "x": evil["x"]}
     assert json.loads(json.dumps(out))["x"] == evil["x"]  # a string, not structure
+
+
+def test_http_device_sends_its_token_file_as_a_bearer_token(tmp_path: Path) -> None:
+    """Against the real local server: ``token_file`` (as for the HTTP sink) becomes
+    ``Authorization: Bearer ...``; the token stays out of the config's repr."""
+    (tmp_path / "heater.token").write_text("s3cret-token\n")
+    with RemoteServer() as server:
+        config = HttpDeviceConfig.model_validate(
+            {
+                "name": "heater",
+                "type": "http",
+                "url": server.url,
+                "token_file": str(tmp_path / "heater.token"),
+                "headers": {"X-Home": "hall"},
+            }
+        )
+        device = HttpDevice(config)
+        try:
+            device.run("on", {}, command_id="c-7", timeout=5)
+        finally:
+            device.close()
+    [request] = server.received
+    assert request.headers["Authorization"] == "Bearer s3cret-token"
+    assert request.headers["X-Home"] == "hall"
+    assert "s3cret-token" not in repr(config)

@@ -40,14 +40,20 @@ def read_secret(path: Path, key: str) -> str:
         raise ValueError(f"{key} {path} is not UTF-8 text") from None
 
 
-def with_url_password(data: Any, *, user_required: str | None = None) -> Any:
-    """``data`` with the content of its ``password_file`` as the password in its ``url``
+def with_url_password(
+    data: Any,
+    *,
+    user_required: str | None = None,
+    url_key: str = "url",
+    file_key: str = "password_file",
+) -> Any:
+    """``data`` with the content of its ``file_key`` as the password in its ``url_key``
     (percent-encoded; the user name, if any, stays). ``user_required``: the message when the
     url must name a user and does not."""
-    if not (isinstance(data, dict) and data.get("password_file")):
+    if not (isinstance(data, dict) and data.get(file_key)):
         return data
-    password = read_secret(Path(data["password_file"]), "password_file")
-    url = data.get("url")
+    password = read_secret(Path(data[file_key]), file_key)
+    url = data.get(url_key)
     if isinstance(url, SecretStr):
         url = url.get_secret_value()
     if not isinstance(url, str):
@@ -58,4 +64,4 @@ def with_url_password(data: Any, *, user_required: str | None = None) -> Any:
     if user_required and not (at and user):
         raise ValueError(user_required)
     netloc = f"{user}:{quote(password, safe='')}@{hostport}"
-    return {**data, "url": urlunsplit(parts._replace(netloc=netloc))}
+    return {**data, url_key: urlunsplit(parts._replace(netloc=netloc))}

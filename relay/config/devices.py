@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
-from relay.config.types import Section, check_url
+from relay.config.credentials import with_secret
+from relay.config.types import OptionalPath, Section, check_url
 
 Action = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 DeviceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
@@ -37,6 +38,8 @@ class HttpDeviceConfig(Section):
     url: str
     method: Literal["POST", "PUT", "PATCH"] = "POST"
     body: Any = {"id": "{id}", "action": "{action}", "args": "{args}"}
+    token: SecretStr | None = None
+    token_file: OptionalPath = None
     headers: dict[str, str] = {}
     timeout_s: float = Field(10.0, gt=0)
     actions: list[Action] = ["on", "off"]
@@ -45,6 +48,11 @@ class HttpDeviceConfig(Section):
     @classmethod
     def _http_url(cls, url: str) -> str:
         return check_url(url, ("http", "https"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _load_token(cls, data: Any) -> Any:
+        return with_secret(data, "token_file", "token")
 
 
 DeviceConfig = Annotated[

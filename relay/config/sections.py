@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import ByteSize, Field, SecretStr, field_validator, model_validator
 
-from relay.config.credentials import with_secret
+from relay.config.credentials import with_secret, with_url_password
 from relay.config.types import Duration, OptionalPath, Section, Size
 
 
@@ -51,8 +51,22 @@ class CommandsConfig(Section):
     mqtt_topic: str = ""
     amqp_queue: str = ""
     amqp_url: SecretStr | None = None  # default: the url of the first amqp sink
+    amqp_password_file: OptionalPath = None
     ttl_s: float = Field(30.0, gt=0)
     timeout_s: float = Field(10.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _load_password(cls, data: Any) -> Any:
+        """``amqp_password_file``'s content replaces the password in ``amqp_url``."""
+        if isinstance(data, dict) and data.get("amqp_password_file") and not data.get("amqp_url"):
+            raise ValueError("amqp_password_file needs amqp_url (amqp://USER@host/)")
+        return with_url_password(
+            data,
+            url_key="amqp_url",
+            file_key="amqp_password_file",
+            user_required="amqp_password_file needs a user name in amqp_url (amqp://USER@host/)",
+        )
 
     @field_validator("mqtt_topic")
     @classmethod

@@ -33,7 +33,7 @@ class HttpDevice:
             transport=transport,
             timeout=httpx.Timeout(cfg.timeout_s),
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-            headers={"User-Agent": f"relay/{__version__}", **cfg.headers},
+            headers={"User-Agent": f"relay/{__version__}", **cfg.headers, **_bearer(cfg)},
             follow_redirects=False,
         )
 
@@ -63,3 +63,8 @@ class HttpDevice:
     def close(self) -> None:
         self._client.close()
         self._deadline.close()
+
+
+def _bearer(cfg: HttpDeviceConfig) -> dict[str, str]:
+    """``token`` (or ``token_file``) as an Authorization header, as the HTTP sink sends it."""
+    return {} if cfg.token is None else {"Authorization": f"Bearer {cfg.token.get_secret_value()}"}
