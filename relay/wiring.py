@@ -22,7 +22,7 @@ from relay.config import (
 )
 from relay.devices import Device
 from relay.forwarder import Forwarder, Policy
-from relay.metrics import NO_METRICS, Metrics
+from relay.metrics import COMMAND_QUEUE, NO_METRICS, Metrics
 from relay.sinks import Sink
 from relay.spool import Spool
 
@@ -93,6 +93,7 @@ def components(settings: Settings, spool: Spool) -> list[Component]:
                 node=settings.node,
                 recorded=executor.received,
                 on_outcome=executor.on_outcome,
+                metrics=metrics,
             )
         )
     gpio = [s for s in settings.sources if isinstance(s, GpioSourceConfig)]
@@ -129,7 +130,7 @@ def build_sink(cfg: SinkConfig, metrics: Metrics = NO_METRICS) -> Sink:
     if isinstance(cfg, RedisSinkConfig):
         from relay.sinks.redis import RedisSink
 
-        return RedisSink(cfg)
+        return RedisSink(cfg, metrics=metrics)
     raise AssertionError(f"unknown sink type {cfg!r}")
 
 
@@ -147,9 +148,20 @@ def _metrics(settings: Settings, spool: Spool) -> tuple[Metrics, list[Component]
         node=settings.node,
         sinks=[cfg.name for cfg in settings.sinks],
         devices=[cfg.name for cfg in settings.devices],
-        connections=[cfg.name for cfg in settings.sinks if isinstance(cfg, AmqpSinkConfig)],
+        connections=_connections(settings),
     )
     return metrics, [MetricsServer(address, metrics.registry)]
+
+
+def _connections(settings: Settings) -> list[str]:
+    """The connections relay_reconnects_total counts besides "mqtt": the AMQP and Redis
+    sinks, and the AMQP command queue ("@commands")."""
+    names = [
+        cfg.name for cfg in settings.sinks if isinstance(cfg, AmqpSinkConfig | RedisSinkConfig)
+    ]
+    if settings.commands.amqp_queue and settings.command_queue_url():
+        names.append(COMMAND_QUEUE)
+    return names
 
 
 def _mqtt(settings: Settings, spool: Spool, metrics: Metrics = NO_METRICS) -> MqttSource | None:

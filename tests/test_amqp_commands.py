@@ -9,12 +9,17 @@ import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pika
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from relay.sources.amqp import AmqpCommandSource
 from tests.helpers.agent import running_agent, wait_for
+from tests.helpers.brokers import free_port
 from tests.helpers.commands import executed, outcomes
 from tests.helpers.common import RELAY, need_service
+from tests.helpers.faultproxy import FaultProxy
 from tests.helpers.http_server import RemoteServer, Reply
 from tests.helpers.mqtt import unique
 
@@ -184,3 +189,39 @@ def test_amqp_password_file_needs_a_url_with_a_user(
     [line] = done.stderr.strip().splitlines()
     assert line.startswith(f"relay: {cfg}: commands: ") and error in line
     assert "do-not-print" not in done.stderr + done.stdout
+
+
+def test_a_reconnect_of_the_command_queue_is_counted_in_the_metrics(
+    queue: str, write_config: Callable[..., Path], state_dir: Path
+) -> None:
+    """relay_reconnects_total{connection="@commands"}: shown at 0 from the start, 1 after
+    the link to RabbitMQ was reset and relay consumes again; commands still run."""
+    port = free_port()
+
+    def reconnects() -> float | None:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "relay_reconnects_total" and sample.labels == {
+                    "connection": "@commands"
+                }:
+                    return sample.value
+        return None
+
+    with RemoteServer() as device, FaultProxy("127.0.0.1", 5672) as proxy:
+        proxied = URL.replace(":5672", f":{proxy.port}")
+        cfg = write_config(
+            config(device.url, queue).replace(URL, proxied)
+            + f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
+        )
+        with running_agent(cfg) as agent:
+            source = next(c for c in agent.components if isinstance(c, AmqpCommandSource))
+            wait_for(source.connected.is_set, 15, "the command queue")
+            assert reconnects() == 0
+            source.connected.clear()
+            proxy.reset_all()
+            wait_for(source.connected.is_set, 30, "consuming again")
+            assert reconnects() == 1
+            publish(queue, {"device": "heater", "action": "on", "id": "r1"})
+            wait_for(lambda: len(outcomes(state_dir)) == 1, 20, "the outcome")
+    assert executed(device) == ["r1"]

@@ -25,6 +25,7 @@ from relay import config
 from relay.config import RedisSinkConfig
 from relay.errors import PermanentError, TransientError
 from relay.event import Event
+from relay.metrics.prometheus import PrometheusMetrics
 from relay.sinks.redis import RedisSink
 from relay.spool import Spool
 from tests.helpers.agent import running_agent, spool_of, wait_for
@@ -478,3 +479,30 @@ def test_the_readme_worker_acks_retries_and_dead_letters(shared: redis.Redis, st
     assert failed == [events[1].id] * (1 + worker["MAX_RETRIES"])
     assert [d[b"id"] for d in dead] == [events[1].id.encode()]
     assert pending == 0
+
+
+@pytest.mark.broker
+def test_a_reconnect_is_counted_in_the_metrics(private: PrivateRedis, tmp_path: Path) -> None:
+    """relay_reconnects_total{connection="w"}: 0 after the first connection, 1 once the
+    sink is through again after the server was gone."""
+    with Spool.open(tmp_path / "spool") as spool:
+        metrics = PrometheusMetrics(spool, node="n", sinks=["w"], connections=["w"])
+
+        def reconnects() -> float | None:
+            return metrics.registry.get_sample_value("relay_reconnects_total", {"connection": "w"})
+
+        cfg = RedisSinkConfig(name="w", type="redis", url=private.url, stream="s", timeout_s=2)
+        sink = RedisSink(cfg, metrics=metrics)
+        events = [Event.new(node="n", source="test", name="x", payload=i) for i in range(3)]
+        try:
+            assert reconnects() == 0
+            sink.send(events)
+            assert reconnects() == 0  # the first connection is no reconnect
+            private.stop()
+            with pytest.raises(TransientError, match="cannot reach Redis"):
+                sink.send(events)
+            private.start()
+            sink.send(events)
+            assert reconnects() == 1
+        finally:
+            sink.close()

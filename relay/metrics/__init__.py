@@ -17,6 +17,10 @@ from __future__ import annotations
 import contextlib
 from contextlib import AbstractContextManager
 
+# The connection label of the AMQP command queue (no sink can be named so); the others are
+# "mqtt" and the AMQP and Redis sinks' names.
+COMMAND_QUEUE = "@commands"
+
 
 class Metrics:
     """The calls the components make. This base records nothing.

@@ -106,7 +106,7 @@ class PrometheusMetrics(Metrics):
         )
         self._reconnects = Counter(
             "relay_reconnects",
-            'Connections re-established after the first ("mqtt", or a sink)',
+            'Connections re-established after the first ("mqtt", a sink, "@commands")',
             ["connection"],
             registry=reg,
         )

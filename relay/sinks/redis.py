@@ -51,6 +51,7 @@ from redis.typing import EncodableT, FieldT
 from relay.config import RedisSinkConfig
 from relay.errors import PermanentError, TransientError
 from relay.event import Event
+from relay.metrics import NO_METRICS, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,9 @@ _HEALTH_CHECK_S = 30
 class RedisSink:
     """XADDs events to ``cfg.stream``. See the module docstring for the contract."""
 
-    def __init__(self, cfg: RedisSinkConfig) -> None:
+    def __init__(self, cfg: RedisSinkConfig, *, metrics: Metrics = NO_METRICS) -> None:
         self.name = cfg.name
+        self._metrics = metrics
         url = cfg.url.get_secret_value()
         parts = urlsplit(url)
         self._where = f"{parts.hostname}:{parts.port or 6379}"  # never the password
@@ -185,6 +187,7 @@ class RedisSink:
                 extra={"SINK": self.name},
             )
             self._up = True
+            self._metrics.connected(self.name)
 
     def _drop(self) -> None:
         """Close the connection: a reply still on its way must not answer the next window."""

@@ -29,6 +29,7 @@ from relay.backoff import Backoff
 from relay.config import mask_url
 from relay.errors import SpoolError
 from relay.event import Command, Event
+from relay.metrics import COMMAND_QUEUE, NO_METRICS, Metrics
 from relay.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class AmqpCommandSource:
         recorded: Recorded,
         on_outcome: OnOutcome,
         heartbeat_s: int = 30,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self.queue = queue
         self.spool = spool
@@ -65,6 +67,7 @@ class AmqpCommandSource:
         self._recorded = recorded
         self._on_outcome = on_outcome
         self._heartbeat_s = heartbeat_s
+        self._metrics = metrics
         self._rng = random.Random()
         self._stop = threading.Event()
         self._connection: Any = None
@@ -117,6 +120,7 @@ class AmqpCommandSource:
         self._channel.basic_consume(self.queue, self._on_message, auto_ack=False)
         self.connected.set()
         self.last_error = None
+        self._metrics.connected(COMMAND_QUEUE)
         log.info("amqp: consuming commands from %s", self.queue)
         if self._stop.is_set():  # stop() came before there was a connection to wake
             return
