@@ -22,6 +22,7 @@ from relay import crashpoints
 from relay.backoff import Backoff
 from relay.errors import PermanentError, SendError, SpoolError, TransientError
 from relay.metrics import NO_METRICS, Metrics
+from relay.outage import Outage
 from relay.sinks import Sink
 from relay.spool import Record, Spool
 
@@ -226,17 +227,18 @@ class Forwarder:
 
     def run(self) -> None:
         errors = 0
-        spool_error: str | None = None  # the spool's refusal (a full disk), logged once
+        spool_error = Outage()  # the spool's refusal (a full disk): logged once, not per flap
         while not self._stop.is_set():
             version = self.spool.version  # before the lease: a put after it is not missed
             self.busy_since = self._clock()
             try:
                 step = self.step(self._clock())
-                errors, spool_error = 0, None
+                errors = 0
+                spool_error.succeeded()
             except SpoolError as exc:  # the disk is full or read-only: no bug, no traceback
                 errors += 1
                 delay = self.policy.backoff.delay(errors, self._rng)
-                if str(exc) != spool_error:
+                if spool_error.failed(str(exc)):
                     log.error(
                         "sink %s: %s; trying again in %.1fs",
                         self.name,
@@ -244,7 +246,6 @@ class Forwarder:
                         delay,
                         extra={"SINK": self.name},
                     )
-                spool_error = str(exc)
                 self._sleep(delay)
                 continue
             except Exception:  # the thread's top: log, count, back off, go on

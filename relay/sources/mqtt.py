@@ -37,6 +37,7 @@ from relay.config import MqttConfig, MqttSourceConfig
 from relay.errors import DeviceError, DeviceUnavailable, SpoolError
 from relay.event import Command, Event, decode_payload
 from relay.metrics import NO_METRICS, Metrics
+from relay.outage import Outage
 from relay.sources.mqtt_memo import SubscriptionMemo
 from relay.spool import Chain, Spool
 
@@ -115,7 +116,7 @@ class MqttSource:
         # one step against _connect starting the next connection.
         self._chain = Chain()
         self._ack_lock = threading.RLock()
-        self._refused: str | None = None  # why puts fail, until one succeeds again
+        self._refused = Outage()  # puts fail (a full disk): said once, not per flap
         self.connected_once = False  # the current connection got a CONNACK
         self._last_tick = time.monotonic()  # the network loop's last round, for alive()
         self._client_id = cfg.client_id or f"relay-{node}"
@@ -267,7 +268,7 @@ class MqttSource:
         self.connected_once = True
         self._metrics.connected("mqtt")
         log.log(
-            logging.DEBUG if self._refused else logging.INFO,  # while handing back: quiet
+            logging.DEBUG if self._refused.reason else logging.INFO,  # handing back: quiet
             "mqtt: connected to %s (session %s)",
             self._where,
             "resumed" if flags.session_present else "new",
@@ -511,21 +512,19 @@ class MqttSource:
         if error is None and not self._refusing:
             crashpoints.crash("after_commit_before_ack")
             ack()
-            if self._refused is not None:
+            if self._refused.succeeded():
                 log.info("mqtt: messages are stored and acknowledged again")
-                self._refused = None
             return
         if error is None:
             return  # stored, but an earlier message was not: let the broker resend both
         if not self._refusing:
             self._refusing = True
-            if str(error) != self._refused:  # once per outage (a full disk), not per reconnect
+            if self._refused.failed(str(error)):  # once per outage, not per reconnect
                 log.warning(
                     "mqtt: not acknowledging the broker (%s); it keeps the messages and "
                     "sends them again after we reconnect",
                     error,
                 )
-            self._refused = str(error)
             self.last_error = str(error)
             # Disconnecting hands the unacked messages back: MQTT resends them only on a new
             # connection. Non-blocking; the network thread then reconnects after a backoff.

@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 
 from relay import crashpoints
 from relay.errors import SpoolClosed, SpoolError
+from relay.outage import Outage
 from relay.spool.file import keep_wal_small
 from relay.spool.inbox import Inbox
 from relay.spool.txn import Txn
@@ -82,7 +83,7 @@ class Writer:
         self._ops: Inbox[_Op[Any] | object] = Inbox(_QUEUE_OPS)
         self._closed = False
         self._submit_lock = threading.Lock()  # orders submissions against stop()
-        self._failing: str | None = None  # the error commits fail with, logged once
+        self._failing = Outage()  # commits fail (a full disk): logged once, not per flap
         self._reclaim = False  # the disk was full: truncate the WAL after the next commit
         self._path = conn.execute("PRAGMA database_list").fetchone()[2] or ":memory:"
         self._thread = threading.Thread(target=self._loop, name="spool-writer", daemon=True)
@@ -179,9 +180,8 @@ class Writer:
         for op in batch:
             op.finish()
         if txn is not None:
-            if self._failing is not None:
+            if self._failing.succeeded():
                 log.info("spool writes succeed again (%s)", self._path)
-                self._failing = None
             if self._reclaim:
                 self._reclaim = not self._checkpoint()
             self._on_committed(txn)
@@ -202,11 +202,8 @@ class Writer:
             with contextlib.suppress(sqlite3.Error):
                 keep_wal_small(self._conn)
             self._reclaim = not self._checkpoint()
-        if str(error) != self._failing and any(op.reply is not None for op in batch):
-            log.error(
-                "%s (%d operations not done; logged once until writes succeed)", error, len(batch)
-            )
-            self._failing = str(error)
+        if any(op.reply is not None for op in batch) and self._failing.failed(str(error)):
+            log.error("%s (%d operations not done; logged once per outage)", error, len(batch))
         return error
 
     def _checkpoint(self) -> bool:
