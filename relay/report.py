@@ -26,6 +26,7 @@ def status_json(stats: SpoolStats, now: float | None = None) -> dict[str, Any]:
             "max_bytes": stats.max_bytes,
             "rows": stats.rows,
             "dropped": stats.dropped,
+            "disk_free_bytes": stats.disk_free,
         },
         "sinks": [
             {
@@ -47,7 +48,7 @@ def status_text(stats: SpoolStats, now: float | None = None, *, width: int = WID
     """``relay status`` for a person: the spool, then a table with a row per sink. No line
     is longer than ``width``: long paths, names and errors are cut with an ellipsis."""
     now = time.time() if now is None else now
-    lines = [_spool_line(stats, width)]
+    lines = [_spool_line(stats, width), *_disk_line(stats, width)]
     if not stats.sinks:
         return "\n".join([*lines, "no sinks configured: events wait in the spool"])
     rows = [
@@ -90,6 +91,18 @@ def _spool_line(stats: SpoolStats, width: int) -> str:
     if len(path) > room:  # keep the file name, lose the start of the directory
         path = ELLIPSIS + path[len(path) - max(room - 1, 0) :]
     return clip(head + path + tail, width)
+
+
+def _disk_line(stats: SpoolStats, width: int) -> list[str]:
+    """A warning when the disk would fill before the spool reaches ``max_size``: then a full
+    disk, not the cap, is what refuses events (and ``when_full`` does not apply)."""
+    room = max(stats.max_bytes - stats.bytes, 0)
+    if stats.disk_free is None or stats.disk_free >= room:
+        return []
+    free, grow = human_bytes(stats.disk_free), human_bytes(room)
+    return [
+        clip(f"low disk: {free} free, spool may grow {grow}; free space or lower max_size", width)
+    ]
 
 
 def _table(rows: list[tuple[str, ...]], width: int) -> list[str]:

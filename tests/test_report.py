@@ -140,7 +140,15 @@ def test_state_from_what_the_spool_knows() -> None:
 def test_json_keys_are_stable() -> None:
     doc = status_json(spool(sink(depth=1, oldest_at=NOW - 2)), NOW)
     assert set(doc) == {"spool", "sinks"}
-    assert set(doc["spool"]) == {"path", "durability", "bytes", "max_bytes", "rows", "dropped"}
+    assert set(doc["spool"]) == {
+        "path",
+        "durability",
+        "bytes",
+        "max_bytes",
+        "rows",
+        "dropped",
+        "disk_free_bytes",
+    }
     assert set(doc["sinks"][0]) == {
         "name",
         "depth",
@@ -152,3 +160,18 @@ def test_json_keys_are_stable() -> None:
         "dead_letters",
     }
     assert doc["sinks"][0]["oldest_age_s"] == 2.0
+
+
+def test_a_disk_that_fills_before_max_size_is_said_in_80_columns() -> None:
+    # 48.2 kB of 256 MB used: the spool may grow ~256 MB more, and the disk has 40 MB.
+    low = status_text(
+        SpoolStats("/var/lib/relay/spool.db", "full", 48_200, 256_000_000, 17, 0, [], 40_000_000),
+        NOW,
+    )
+    line = low.splitlines()[1]
+    assert line == "low disk: 40.0 MB free, spool may grow 256.0 MB; free space or lower max_size"
+    assert len(line) <= 80
+    roomy = SpoolStats("/x/spool.db", "full", 48_200, 256_000_000, 17, 0, [], 10**10)
+    assert "low disk" not in status_text(roomy, NOW)
+    assert "low disk" not in status_text(spool(), NOW)  # free space unknown (in memory)
+    assert status_json(roomy, NOW)["spool"]["disk_free_bytes"] == 10**10

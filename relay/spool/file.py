@@ -91,7 +91,7 @@ def open_file(path: Path, durability: Durability, *, check: bool) -> sqlite3.Con
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise SpoolError(f"cannot open spool {path}: {explain(path, exc)}") from None
-    free = _free_bytes(path.parent)
+    free = free_bytes(path.parent)
     if free is not None and free < LOW_SPACE:
         keep_wal_small(conn)
         if check:
@@ -123,7 +123,8 @@ def keep_wal_small(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA wal_autocheckpoint={LOW_SPACE_PAGES}")
 
 
-def _free_bytes(directory: Path) -> int | None:
+def free_bytes(directory: Path) -> int | None:
+    """What an unprivileged writer may still use on ``directory``'s disk; None if unknown."""
     try:
         st = os.statvfs(directory)
     except OSError:

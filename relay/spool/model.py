@@ -81,6 +81,7 @@ class SpoolStats:
     rows: int
     dropped: int
     sinks: list[SinkStats]
+    disk_free: int | None = None  # bytes free on the disk holding the file (None: in memory)
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 from typing import Any
 
+from relay.spool.file import free_bytes
 from relay.spool.model import SinkStats, SpoolStats, Tallies
 from relay.spool.txn import PENDING
 
@@ -14,7 +16,8 @@ def spool_stats(
 ) -> SpoolStats:
     """The statistics of the spool file open as ``conn`` (the caller serialises its use).
 
-    ``path``, ``durability`` and ``max_bytes`` are the caller's settings, reported as given.
+    ``path``, ``durability`` and ``max_bytes`` are the caller's settings, reported as given;
+    the free space is that of ``path``'s disk.
     """
     meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
     rows = conn.execute("SELECT count(*) FROM events").fetchone()[0]
@@ -25,7 +28,10 @@ def spool_stats(
             "delivered FROM sinks ORDER BY name"
         ).fetchall()
     ]
-    return SpoolStats(path, durability, meta["bytes"], max_bytes, rows, meta["dropped"], sinks)
+    free = None if durability == "memory" else free_bytes(Path(path).parent)
+    return SpoolStats(
+        path, durability, meta["bytes"], max_bytes, rows, meta["dropped"], sinks, free
+    )
 
 
 def _sink_stats(conn: sqlite3.Connection, row: tuple[Any, ...]) -> SinkStats:
