@@ -68,7 +68,7 @@ def components(settings: Settings, spool: Spool) -> list[Component]:
         )
     if mqtt is not None:
         if executor is not None and settings.commands.mqtt_topic:
-            from relay.sources.mqtt import CommandTopic
+            from relay.sources.mqtt_ingest import CommandTopic
 
             mqtt.commands = CommandTopic(settings.commands.mqtt_topic, executor.received)
         built.append(mqtt)

@@ -20,7 +20,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from relay.commands import CommandExecutor
-from relay.sources.mqtt import COMMAND_REJECTS, MqttSource
+from relay.sources.mqtt import MqttSource
+from relay.sources.mqtt_ingest import COMMAND_REJECTS
 from relay.spool import Spool
 from tests.helpers.agent import running_agent, wait_for
 from tests.helpers.commands import executed, outcomes

@@ -19,7 +19,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from relay.agent import Agent
 from relay.config import MqttConfig, MqttSourceConfig
-from relay.sources.mqtt import REJECTS, MqttSource
+from relay.sources.mqtt import MqttSource
+from relay.sources.mqtt_ingest import REJECTS
 from relay.spool import Spool
 from tests.helpers.agent import running_agent, wait_for
 from tests.helpers.brokers import PrivateMosquitto

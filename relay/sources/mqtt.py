@@ -1,10 +1,10 @@
 """The MQTT source: at-least-once from the broker into the spool, on paho-mqtt 2.x.
 
-One paho client per broker connection, owned by its network thread. Each message becomes an
-event put in the spool without waiting; the PUBACK is sent from the spool's commit callback,
-so the broker forgets a message only once it is on disk (paho's ``manual_ack``). The session
+One paho client for the broker connection, owned by its network thread; what becomes of each
+message (spooled, acked after the commit, or handed back) is ``mqtt_ingest``'s. The session
 is persistent (stable client id, ``clean_session=False`` / ``clean_start=False``), so what
-arrives while relay is away waits at the broker.
+arrives while relay is away waits at the broker. The same connection serves the device
+commands' topic, listeners (Home Assistant's birth message) and MQTT devices' publishes.
 
 paho's own ``loop_forever`` wakes every second and reconnects without jitter; this module
 runs the network loop itself: it sleeps until traffic or the next keepalive ping is due, and
@@ -13,14 +13,12 @@ reconnects with relay's backoff with full jitter.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,42 +29,20 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from relay import crashpoints
 from relay.backoff import Backoff
 from relay.config import MqttConfig, MqttSourceConfig
-from relay.errors import DeviceError, DeviceUnavailable, SpoolError
-from relay.event import Command, Event, decode_payload
+from relay.errors import DeviceError, DeviceUnavailable
 from relay.metrics import NO_METRICS, Metrics
-from relay.outage import Outage
+from relay.sources.mqtt_ingest import CommandTopic, Ingest
 from relay.sources.mqtt_memo import SubscriptionMemo
-from relay.spool import Chain, Spool
+from relay.spool import Spool
 
 log = logging.getLogger(__name__)
 
-REJECTS = "@ingest"  # where refused messages are dead-lettered (not a valid sink name)
-COMMAND_REJECTS = "@commands"  # where malformed commands are
-DEFAULT_MAX_PAYLOAD = 256 * 1024
 RECONNECT = Backoff(initial=1.0, factor=2.0, cap=60.0)
 # After handing messages back (spool full or failing): come back soon, as space frees when
 # a sink catches up and nothing tells this thread; each visit costs a handful of messages.
 HANDED_BACK = Backoff(initial=0.5, factor=2.0, cap=5.0)
-
-
-@dataclass(frozen=True)
-class CommandTopic:
-    """Device commands arrive on ``topic`` (a filter ending in "/+": the device name);
-    ``recorded(id)`` is told of each command once it is in the spool."""
-
-    topic: str
-    recorded: Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class _Ack:
-    """Acks one message; ``chain`` is the connection it came on."""
-
-    send: Callable[[], None]
-    chain: Chain
 
 
 def _write_wanted(client: mqtt.Client, userdata: Any, sock: Any) -> None:
@@ -99,30 +75,25 @@ class MqttSource:
         self.subscribed = threading.Event()  # the broker confirmed our subscriptions once
         self.last_error: str | None = None
         self._filters = [(topic, s.qos, s.max_payload) for s in sources for topic in s.topics]
-        limits = {int(limit) for _, _, limit in self._filters}
-        self._one_limit = limits.pop() if len(limits) == 1 else None  # max_payload, if one
         self._listeners: list[tuple[str, Callable[[bytes], None]]] = []  # see listen()
         self._connect_listeners: list[Callable[[], None]] = []
         self._rng = rng or random.Random()
         self._metrics = metrics
         self._stop = threading.Event()
         self._subscribed = False  # this process has subscribed once (session may keep it)
-        self._refusing = False  # a put failed: ack nothing more on this connection
-        # This connection's puts, stored in order or not at all (see Chain); a new one per
-        # connection, so that a commit that ends after a reconnect neither acks on the new
-        # connection a packet id that belonged to the old one nor hands the new connection
-        # back (a late refusal from the old one did: the new one then acked nothing and
-        # never ended, and ingest stalled). _ack_lock makes each callback's check and act
-        # one step against _connect starting the next connection.
-        self._chain = Chain()
-        self._ack_lock = threading.RLock()
-        self._refused = Outage()  # puts fail (a full disk): said once, not per flap
         self.connected_once = False  # the current connection got a CONNACK
         self._last_tick = time.monotonic()  # the network loop's last round, for alive()
         self._client_id = cfg.client_id or f"relay-{node}"
         self._memo = SubscriptionMemo(state_dir, self._where, self._client_id)
         self._asked: list[tuple[str, int]] = []  # the subscriptions last sent to the broker
         self._client = self._make_client()
+        self._ingest = Ingest(
+            self._client,
+            spool,
+            node=node,
+            filters=self._filters,
+            on_refused=self._handed_back,
+        )
         self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
 
     # ---------------------------------------------------------------- the client
@@ -196,9 +167,10 @@ class MqttSource:
             self._serve()
             if self._stop.is_set():
                 return
-            lost_link = self.connected_once and not self._refusing
+            refusing = self._ingest.refusing
+            lost_link = self.connected_once and not refusing
             failures = 1 if lost_link else failures + 1
-            backoff = HANDED_BACK if self._refusing else RECONNECT
+            backoff = HANDED_BACK if refusing else RECONNECT
             self._pause(self.last_error or "connection lost", failures, backoff)
 
     @property
@@ -206,9 +178,7 @@ class MqttSource:
         return f"{self.cfg.host}:{self.cfg.port}"
 
     def _connect(self) -> None:
-        with self._ack_lock:
-            self._chain = Chain()
-            self._refusing = False
+        self._ingest.new_connection()
         self.connected_once = False
         props = None
         if self.cfg.protocol == "5":
@@ -268,7 +238,7 @@ class MqttSource:
         self.connected_once = True
         self._metrics.connected("mqtt")
         log.log(
-            logging.DEBUG if self._refused.reason else logging.INFO,  # handing back: quiet
+            logging.DEBUG if self._ingest.refused.reason else logging.INFO,  # handing back
             "mqtt: connected to %s (session %s)",
             self._where,
             "resumed" if flags.session_present else "new",
@@ -345,15 +315,19 @@ class MqttSource:
         properties: Properties | None,
     ) -> None:
         self.connected.clear()
-        if not self._stop.is_set() and not self._refusing:  # else last_error says why
+        if not self._stop.is_set() and not self._ingest.refusing:  # else last_error says why
             self.last_error = f"disconnected from {self._where}: {reason}"
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         # An exception here would end paho's loop (and, before 1.5.1, vanish): never let one out.
         try:
-            self._ingest(msg)
+            self._ingest.message(msg)
         except Exception:
             log.exception("mqtt: could not handle a message on %r", msg._topic)
+
+    def _handed_back(self, reason: str) -> None:
+        """The ingest refused a put and is closing the connection (writer thread)."""
+        self.last_error = reason
 
     # ---------------------------------------------------------------- listeners
 
@@ -379,7 +353,7 @@ class MqttSource:
             if any(mqtt.topic_matches_sub(t, msg.topic) for t, _, _ in self._filters):
                 self._on_message(client, userdata, msg)
             else:
-                self._acker(msg).send()  # on the network thread: this connection
+                self._ingest.ack(msg)  # on the network thread: this connection
 
         return handle
 
@@ -387,40 +361,10 @@ class MqttSource:
 
     def _on_command(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
-            self._command(msg)
+            assert self.commands is not None  # this callback is added only with commands
+            self._ingest.command(msg, self.commands.recorded)
         except Exception:  # as _on_message: nothing may escape into paho's loop
             log.exception("mqtt: could not handle a command on %r", msg._topic)
-
-    def _command(self, msg: mqtt.MQTTMessage) -> None:
-        assert self.commands is not None
-        ack, recorded = self._acker(msg), self.commands.recorded
-        try:
-            topic = msg._topic.decode("utf-8")
-            cmd = Command.parse(
-                bytes(msg.payload),
-                device=topic.rsplit("/", 1)[-1],
-                source="mqtt",
-                received_at=time.time(),
-            )
-        except (ValueError, UnicodeDecodeError) as exc:
-            # A command that cannot be understood is never run: kept with the reason.
-            self._reject(
-                msg,
-                msg._topic.decode("utf-8", "replace"),
-                f"bad command: {exc}",
-                ack,
-                COMMAND_REJECTS,
-            )
-            return
-
-        def done(new: bool | None, error: SpoolError | None) -> None:
-            if error is None and not new:
-                log.info("mqtt: command %s was seen before: not run again", cmd.id)
-            elif error is None:
-                recorded(cmd.id)
-            self._stored(error, ack)
-
-        self.spool.record_command_async(cmd, done)
 
     def publish(
         self, topic: str, payload: bytes, *, qos: int, retain: bool, timeout: float
@@ -442,90 +386,3 @@ class MqttSource:
         if not info.is_published():
             # paho keeps it and sends it again after a reconnect: it may still arrive.
             raise DeviceError(f"the broker did not acknowledge within {timeout:g}s")
-
-    # ---------------------------------------------------------------- ingest
-
-    def _ingest(self, msg: mqtt.MQTTMessage) -> None:
-        ack = self._acker(msg)
-        try:
-            # paho decodes the topic on access; the raw bytes have no public accessor.
-            topic = msg._topic.decode("utf-8")
-        except UnicodeDecodeError:
-            self._reject(msg, msg._topic.hex(), "topic is not UTF-8", ack)
-            return
-        limit = self._limit(topic)
-        if len(msg.payload) > limit:
-            self._reject(
-                msg, topic, f"payload of {len(msg.payload)} bytes over max_payload ({limit})", ack
-            )
-            return
-        event = Event.new(
-            node=self.node, source="mqtt", name=topic, payload=decode_payload(bytes(msg.payload))
-        )
-        self.spool.put_async([event], lambda error: self._stored(error, ack), chain=self._chain)
-
-    def _limit(self, topic: str) -> int:
-        if self._one_limit is not None:  # the common case; topic_matches_sub() costs 10 us
-            return self._one_limit
-        for pattern, _, limit in self._filters:
-            if mqtt.topic_matches_sub(pattern, topic):
-                return int(limit)
-        return max((int(limit) for _, _, limit in self._filters), default=DEFAULT_MAX_PAYLOAD)
-
-    def _reject(
-        self,
-        msg: mqtt.MQTTMessage,
-        name: str,
-        reason: str,
-        ack: _Ack,
-        where: str = REJECTS,
-    ) -> None:
-        """Dead-letter the message's metadata (never the payload), then ack it."""
-        detail = {
-            "rejected": reason,
-            "size": len(msg.payload),
-            "sha256": hashlib.sha256(msg.payload).hexdigest(),
-            "qos": msg.qos,
-        }
-        event = Event.new(node=self.node, source="mqtt", name=name[:1024], payload=detail)
-        log.warning("mqtt: message on %r dead-lettered: %s", name[:200], reason)
-        self.spool.reject_async(where, event, reason, lambda error: self._stored(error, ack))
-
-    def _acker(self, msg: mqtt.MQTTMessage) -> _Ack:
-        client, mid, qos = self._client, msg.mid, msg.qos
-
-        def ack() -> None:
-            if qos:  # paho's ack() is thread-safe: it queues the PUBACK and wakes the loop
-                client.ack(mid, qos)
-
-        return _Ack(ack, self._chain)
-
-    def _stored(self, error: SpoolError | None, ack: _Ack) -> None:
-        """The spool's commit callback (writer thread): ack, or give the message back."""
-        with self._ack_lock:
-            # Only for the connection the message came on: after a reconnect the broker
-            # sends it again, and its packet id may name another message by then.
-            if ack.chain is self._chain:
-                self._settle(error, ack.send)
-
-    def _settle(self, error: SpoolError | None, ack: Callable[[], None]) -> None:
-        if error is None and not self._refusing:
-            crashpoints.crash("after_commit_before_ack")
-            ack()
-            if self._refused.succeeded():
-                log.info("mqtt: messages are stored and acknowledged again")
-            return
-        if error is None:
-            return  # stored, but an earlier message was not: let the broker resend both
-        if not self._refusing:
-            self._refusing = True
-            if self._refused.failed(str(error)):  # once per outage, not per reconnect
-                log.warning(
-                    "mqtt: not acknowledging the broker (%s); it keeps the messages and "
-                    "sends them again after we reconnect",
-                    error,
-                )
-            self.last_error = str(error)
-            # Disconnecting hands the unacked messages back: MQTT resends them only on a new
-            # connection. Non-blocking; the network thread then reconnects after a backoff.
-            self._client.disconnect()
