@@ -223,12 +223,13 @@ class Spool:
 
         With ``wait`` it returns once committed. Without, it returns at once: the caller
         leases with ``after=upto_seq`` meanwhile. An ack lost to a crash only means those
-        events are sent again, which at-least-once allows.
+        events are sent again, which at-least-once allows; so it is committed without an
+        fsync of its own (a relaxed write, see ``relay.spool.writer``).
         """
         if wait:
-            self._writer.call(lambda t: t.ack(sink, upto_seq))
+            self._writer.call(lambda t: t.ack(sink, upto_seq), relaxed=True)
         else:
-            self._writer.submit(lambda t: t.ack(sink, upto_seq), _ignore)
+            self._writer.submit(lambda t: t.ack(sink, upto_seq), _ignore, relaxed=True)
 
     def retry(self, sink: str, seq: int, error: str, *, permanent: bool) -> tuple[int, int]:
         """Record a failed attempt at ``sink``'s head ``seq``; returns (attempts, failures)."""

@@ -5,6 +5,12 @@ bounded queue. The thread takes what is queued (up to ``_BATCH_OPS``), applies i
 transaction and commits; only then does it report each operation done, so that no caller hears
 "stored" before the commit that stored it has returned. An operation the ``Txn`` refuses
 (``SpoolError``) fails alone and its neighbours go on; a failed commit fails the whole batch.
+
+A *relaxed* operation (a sink's ack) need not survive a power cut: losing it only means its
+events are sent again, which at-least-once allows. A batch of nothing else is committed with
+``synchronous=NORMAL``, without an fsync (it becomes durable with the next fsync'd commit or
+checkpoint, as WAL frames are written in order); a forwarder draining one event at a time
+then pays one fsync for the event it received, not a second one for each delivery.
 """
 
 from __future__ import annotations
@@ -38,11 +44,14 @@ _STOP = object()
 class _Op(Generic[T]):
     """One queued write. A blocking caller waits on ``lock``, which the writer releases."""
 
-    __slots__ = ("apply", "error", "finished", "lock", "reply", "result")
+    __slots__ = ("apply", "error", "finished", "lock", "relaxed", "reply", "result")
 
-    def __init__(self, apply: Callable[[Txn], T], reply: Reply[T] | None = None) -> None:
+    def __init__(
+        self, apply: Callable[[Txn], T], reply: Reply[T] | None = None, relaxed: bool = False
+    ) -> None:
         self.apply = apply
         self.reply = reply
+        self.relaxed = relaxed
         self.result: T | None = None
         self.error: SpoolError | None = None
         self.finished = False
@@ -86,6 +95,8 @@ class Writer:
         self._failing = Outage()  # commits fail (a full disk): logged once, not per flap
         self._reclaim = False  # the disk was full: truncate the WAL after the next commit
         self._path = conn.execute("PRAGMA database_list").fetchone()[2] or ":memory:"
+        self._synchronous = int(conn.execute("PRAGMA synchronous").fetchone()[0])  # as set
+        self._relaxed = False  # synchronous is NORMAL now, for a batch of relaxed operations
         self._thread = threading.Thread(target=self._loop, name="spool-writer", daemon=True)
         self._thread.start()
 
@@ -94,10 +105,11 @@ class Writer:
         """Whether :meth:`stop` was called: nothing more is accepted."""
         return self._closed
 
-    def call(self, apply: Callable[[Txn], T]) -> T:
+    def call(self, apply: Callable[[Txn], T], *, relaxed: bool = False) -> T:
         """``apply``'s result once its commit returned; raises its ``SpoolError``, or
-        ``SpoolClosed`` if the writer is stopped. Blocks while the queue is full."""
-        op = _Op(apply)
+        ``SpoolClosed`` if the writer is stopped. Blocks while the queue is full.
+        ``relaxed``: the commit need not survive a power cut (see the module docstring)."""
+        op = _Op(apply, relaxed=relaxed)
         self._submit(op)
         assert op.lock is not None
         op.lock.acquire()
@@ -105,10 +117,10 @@ class Writer:
             raise op.error
         return op.result  # type: ignore[return-value]
 
-    def submit(self, apply: Callable[[Txn], T], reply: Reply[T]) -> None:
+    def submit(self, apply: Callable[[Txn], T], reply: Reply[T], *, relaxed: bool = False) -> None:
         """Queue ``apply`` and return; ``reply`` reports it after the commit (quick, and never
         calling the spool: it runs on the thread that would serve the call)."""
-        self._submit(_Op(apply, reply))
+        self._submit(_Op(apply, reply, relaxed))
 
     def stop(self) -> bool:
         """Refuse new operations and queue the stop behind those queued, which still commit.
@@ -159,6 +171,7 @@ class Writer:
         with self._lock:
             c = self._conn.cursor()
             try:
+                self._set_relaxed(all(op.relaxed for op in batch))
                 c.execute("BEGIN IMMEDIATE")
                 txn = self._txn_factory(c)
                 for op in batch:
@@ -185,6 +198,15 @@ class Writer:
             if self._reclaim:
                 self._reclaim = not self._checkpoint()
             self._on_committed(txn)
+
+    def _set_relaxed(self, relaxed: bool) -> None:
+        """NORMAL for a batch of relaxed operations, the configured level for any other
+        (SQLite takes the change only between transactions). Under the writer's lock."""
+        relaxed = relaxed and self._synchronous > 1  # already NORMAL or OFF: nothing to relax
+        if relaxed != self._relaxed:
+            level = 1 if relaxed else self._synchronous
+            self._conn.execute(f"PRAGMA synchronous={level}")
+            self._relaxed = relaxed
 
     def _failed(self, exc: sqlite3.Error, batch: list[_Op[Any]]) -> SpoolError:
         """The error a failed commit gives its operations; logged once per outage, and only

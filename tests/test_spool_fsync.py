@@ -1,0 +1,79 @@
+"""What the spool fsyncs, counted with strace in a child process: every commit that stores
+an event (durability "full"), and no commit that only acks (a lost ack re-sends, which
+at-least-once allows; see relay/spool/writer.py)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.common import REQUIRE_BROKERS
+
+N = 50
+
+CHILD = f"""
+import os, sys
+from pathlib import Path
+from relay.event import Event
+from relay.spool import Spool
+
+def mark(text):
+    os.write(1, text.encode())  # one write(2) each: it shows in the trace between phases
+
+with Spool.open(Path(sys.argv[1]), durability=sys.argv[2]) as spool:
+    spool.register_sinks(["cloud"])
+    mark("PUTS")
+    for n in range({N}):
+        spool.put(Event.new(node="n", source="test", name="door", payload=n))
+    mark("ACKS")
+    for seq in range(1, {N} + 1):
+        spool.ack("cloud", seq)  # waits for its commit
+    mark("PUT")
+    spool.put(Event.new(node="n", source="test", name="door", payload="last"))
+    mark("END")
+    print(spool.stats().sinks[0].depth)
+"""
+
+
+def fsyncs_by_phase(tmp_path: Path, durability: str) -> tuple[dict[str, int], str]:
+    strace = shutil.which("strace")
+    if strace is None:
+        reason = "strace is not installed (apt-get install strace)"
+        if REQUIRE_BROKERS:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    trace = tmp_path / "trace"
+    traced = ["-f", "-qq", "-o", str(trace), "-e", "trace=fsync,fdatasync,write"]
+    done = subprocess.run(
+        [strace, *traced, sys.executable, "-c", CHILD, str(tmp_path / "state"), durability],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    counts: dict[str, int] = {}
+    phase = "open"
+    for line in trace.read_text().splitlines():
+        for name in ("PUTS", "ACKS", "PUT", "END"):
+            if f'write(1, "{name}"' in line:
+                phase = name
+        if "fsync(" in line or "fdatasync(" in line:
+            counts[phase] = counts.get(phase, 0) + 1
+    return counts, done.stdout
+
+
+def test_puts_are_fsynced_and_acks_are_not(tmp_path: Path) -> None:
+    counts, out = fsyncs_by_phase(tmp_path, "full")
+    assert out.endswith("1\n"), out  # every ack landed: only the last put waits
+    assert counts.get("PUTS", 0) >= N, counts  # one commit, one fsync, per blocking put
+    assert counts.get("ACKS", 0) <= 2, counts  # none of their own (a checkpoint may sync)
+    assert counts.get("PUT", 0) >= 1, counts  # back to "full" for the next event
+
+
+def test_durability_normal_fsyncs_no_commit(tmp_path: Path) -> None:
+    counts, _ = fsyncs_by_phase(tmp_path, "normal")
+    assert counts.get("PUTS", 0) + counts.get("ACKS", 0) <= 2, counts
