@@ -61,3 +61,14 @@ def test_many_producers_one_taker_lose_nothing() -> None:
         t.join(5)
     for p in range(producers):  # each producer's items arrive once, in its order
         assert [n for q, n in got if q == p] == list(range(each))
+
+
+def test_take_with_a_timeout_returns_nothing_when_nothing_came() -> None:
+    inbox: Inbox[int] = Inbox(10)
+    assert inbox.take(10, timeout=0.05) == []
+    inbox.put(7)
+    assert inbox.take(10, timeout=0.05) == [7]
+    later = threading.Timer(0.05, inbox.put, args=(8,))
+    later.start()
+    assert inbox.take(10, timeout=30) == [8]  # woken by the put, long before the timeout
+    later.join()

@@ -1,18 +1,20 @@
 """The spool's writer on its own: group commit, one refused operation failing alone, a bug
-failing its batch without hanging anyone, and stop() answering everything queued before it."""
+failing its batch without hanging anyone, stop() answering everything queued before it, and
+acks that nobody waits for gathered into one commit."""
 
 from __future__ import annotations
 
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from relay.errors import SpoolClosed, SpoolError
 from relay.event import Event
-from relay.spool import file
+from relay.spool import file, writer
 from relay.spool.txn import Txn
 from relay.spool.writer import Writer
 
@@ -96,3 +98,39 @@ def test_stop_answers_what_was_queued_and_refuses_the_rest(h: Harness) -> None:
         h.writer.call(lambda t: None)
     with pytest.raises(SpoolClosed):
         h.writer.submit(lambda t: None, lambda r, e: None)
+
+
+def test_acks_nobody_waits_for_gather_into_one_commit(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deferrable writes (relaxed, no waiter: a forwarder's ack) submitted one at a time,
+    as a forwarder drains, wait up to ACK_DELAY_S for company: a handful of commits, not one
+    each."""
+    monkeypatch.setattr(writer, "ACK_DELAY_S", 0.5)
+    done = threading.Event()
+    replies: list[int] = []
+
+    def reply(result: object, error: SpoolError | None) -> None:
+        replies.append(1)
+        if len(replies) == 50:
+            done.set()
+
+    for _ in range(50):
+        h.writer.submit(lambda t: None, reply, relaxed=True)
+        time.sleep(0.001)
+    assert done.wait(10)
+    assert len(h.committed) <= 5, f"{len(h.committed)} commits for 50 acks"
+
+
+def test_anything_else_ends_the_wait(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A put behind a gathering ack is committed at once, and the ack with it; a relaxed
+    write that someone waits for (spool.ack(wait=True)) is never held either."""
+    monkeypatch.setattr(writer, "ACK_DELAY_S", 60)  # a held write would hang the test
+    acked = threading.Event()
+    h.writer.submit(lambda t: None, lambda r, e: acked.set(), relaxed=True)
+    h.writer.call(lambda t: t.insert([ev(1)]))
+    assert acked.is_set() and h.rows() == 1
+    assert len(h.committed) == 1  # one commit for both
+    for _ in range(3):
+        h.writer.call(lambda t: None, relaxed=True)
+    assert len(h.committed) == 4

@@ -35,8 +35,13 @@ class Inbox(Generic[T]):
             if len(self._items) == 1:  # it was empty: the taker may be waiting
                 self._filled.notify()
 
-    def take(self, most: int) -> list[T]:
+    def take(self, most: int, timeout: float | None = None) -> list[T]:
+        """Up to ``most`` items; with a ``timeout``, [] if none came within it."""
         with self._filled:
+            if not self._items and timeout is not None:
+                self._filled.wait(timeout)
+                if not self._items:
+                    return []
             while not self._items:
                 self._filled.wait()
             was_full = len(self._items) >= self._bound
