@@ -1,6 +1,7 @@
 """HTTP sink benchmark: relay's forwarder against plain httpx, in one run.
 
-    .venv/bin/python tests/bench/http_bench.py [--events 20000] [--rate 50] [--seconds 10] [--json]
+    .venv/bin/python tests/bench/http_bench.py [--events 20000] [--rate 50] [--seconds 10]
+        [--runs 3] [--json]
 
 The receiver runs in its own process (tests/bench/receiver.py). Prints one table
 (``--json``: the rows of tests/bench/run_all's table instead).
@@ -115,12 +116,18 @@ def main() -> None:
     p.add_argument("--events", type=int, default=20_000)
     p.add_argument("--rate", type=float, default=50)
     p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--runs", type=int, default=3, help="batch 1: the pair with the median ratio")
     p.add_argument("--json", action="store_true", help="print run_all's rows as JSON")
     args = p.parse_args()
     rx = ReceiverProcess()
     try:
-        ceiling = plain_httpx(rx, args.events)
-        one = drain(rx, args.events, 1)
+        # The ceiling and batch 1 are close and the machine is noisy: pairs measured back to
+        # back, the one with the median ratio reported (both of its figures, so they agree).
+        pairs = sorted(
+            ((drain(rx, args.events, 1), plain_httpx(rx, args.events)) for _ in range(args.runs)),
+            key=lambda pair: pair[0] / pair[1],
+        )
+        one, ceiling = pairs[len(pairs) // 2]
         hundred = drain(rx, args.events, 100)
         lat = sorted(latency(rx, args.rate, args.seconds))
     finally:
@@ -137,7 +144,11 @@ def main() -> None:
             ]
         )
         return
-    print(f"\nHTTP benchmark: {args.events:,} events, receiver in its own process\n")
+    ratios = ", ".join(f"{r / c:.2f}" for r, c in pairs)
+    print(
+        f"\nHTTP benchmark: {args.events:,} events, receiver in its own process; batch 1 and "
+        f"the ceiling from the pair with the median ratio of {args.runs} ({ratios})\n"
+    )
     print(f"| {'what':<40} | {'value':>14} | {'ratio':>22} |")
     print(f"|{'-' * 42}|{'-' * 16}|{'-' * 24}|")
     print(f"| {'plain httpx POST loop (ceiling)':<40} | {ceiling:>10,.0f} ev/s | {'':>22} |")
