@@ -103,10 +103,23 @@ def test_connection_errors_are_transient() -> None:
     with pytest.raises(TransientError, match=r"cannot reach hooks\.example\.com: .*refused"):
         sink(refuse).send([ev(0)])
 
-    def slow(request: httpx.Request) -> httpx.Response:
-        raise httpx.ReadTimeout("timed out")
+    def unreachable(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectTimeout("timed out")
 
-    with pytest.raises(TransientError, match="cannot reach"):
+    with pytest.raises(TransientError, match=r"cannot reach hooks\.example\.com: .*timed out"):
+        sink(unreachable).send([ev(0)])
+
+
+@pytest.mark.parametrize("timeout", [httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout])
+def test_httpx_timeouts_say_what_the_deadline_says(timeout: type[httpx.TimeoutException]) -> None:
+    """httpx's per-operation timeout equals timeout_s and can fire a hair before relay's
+    total deadline when the first read hangs: the message is the deadline's either way (the
+    partition test matches on it)."""
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        raise timeout("timed out")
+
+    with pytest.raises(TransientError, match=r"no complete answer from hooks\.example\.com"):
         sink(slow).send([ev(0)])
 
 

@@ -53,7 +53,9 @@ class HttpDevice:
             # Nothing was sent: the device cannot have acted on it.
             raise DeviceUnavailable(f"cannot reach {self._where}: {exc}") from exc
         except httpx.HTTPError as exc:
-            what = f"no answer within {timeout:g}s" if self._deadline.expired else str(exc)
+            # httpx's per-read timeout (as long as the deadline) may fire first: same news.
+            late = self._deadline.expired or isinstance(exc, httpx.TimeoutException)
+            what = f"no answer within {timeout:g}s" if late else str(exc)
             raise DeviceError(f"{self._where}: {what} (it may have acted)") from exc
         if not response.is_success:
             raise DeviceError(

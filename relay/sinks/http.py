@@ -69,7 +69,9 @@ class HttpSink:
             with self._deadline.guard(self._timeout):
                 status, retry_after, excerpt = self._post(body, headers)
         except httpx.HTTPError as exc:
-            if self._deadline.expired:
+            # httpx's own timeout (per read or write, as long as the deadline) can beat the
+            # watchdog by a hair when the first read already hangs: the same news.
+            if self._deadline.expired or _timed_out(exc):
                 raise TransientError(
                     f"no complete answer from {self._where} within {self._timeout:g}s"
                 ) from exc
@@ -108,6 +110,12 @@ def _tls_context(cfg: HttpSinkConfig) -> ssl.SSLContext:
     if cfg.cert_file:
         ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file) if cfg.key_file else None)
     return ctx
+
+
+def _timed_out(exc: httpx.HTTPError) -> bool:
+    """A read, write or pool timeout: ``timeout_s`` passed with the request under way. (A
+    connect timeout is not: nothing reached the server, it is "cannot reach".)"""
+    return isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout)
 
 
 def _describe(exc: httpx.HTTPError) -> str:
