@@ -93,6 +93,7 @@ class Forwarder:
         self._metrics = metrics
         self._solo_until = 0  # send one at a time up to this seq (finding a poison event)
         self._acked = 0  # the last seq acked; its commit may still be on its way
+        self._committed = 0  # the last seq acked without gathering (committed at once)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._waiter = sink if isinstance(sink, WaitingSink) else None
@@ -105,6 +106,7 @@ class Forwarder:
             return Step.WAIT
         head = self.spool.lease(self.name, 1, after=self._acked)
         if not head.records:
+            self._ack_now()
             return Step.IDLE
         limit = 1 if head.records[0].seq <= self._solo_until else self.policy.batch_max
         lease = head if limit == 1 else self.spool.lease(self.name, limit, after=self._acked)
@@ -169,9 +171,17 @@ class Forwarder:
 
     def _ack(self, seq: int) -> None:
         # Not waiting for the commit keeps the fsync off the sending path; the spool applies
-        # writes in order, so a later retry or dead letter still lands after this ack.
-        self.spool.ack(self.name, seq, wait=False)
+        # writes in order, so a later retry or dead letter still lands after this ack. While
+        # draining, acks gather in the spool to share commits; _ack_now ends that.
+        self.spool.ack(self.name, seq, wait=False, gather=True)
         self._acked = seq
+
+    def _ack_now(self) -> None:
+        """Nothing more to send: the gathered acks are committed now, so that relay status,
+        the metrics and Home Assistant show the queue empty at once."""
+        if self._acked > self._committed:
+            self.spool.ack(self.name, self._acked, wait=False)
+            self._committed = self._acked
 
     def _dead(self, head: Record, reason: str) -> Step:
         self.spool.dead_letter(self.name, head.seq, reason)

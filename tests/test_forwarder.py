@@ -13,7 +13,8 @@ from relay.backoff import Backoff
 from relay.errors import PermanentError, SendError, TransientError
 from relay.event import Event
 from relay.forwarder import Forwarder, Policy, Step
-from relay.spool import Spool
+from relay.spool import Spool, writer
+from tests.helpers.agent import wait_for
 
 
 class FakeSink:
@@ -221,3 +222,17 @@ def test_run_wakes_on_put_and_stops(spool: Spool) -> None:
     assert sink.closed
     # Woken once by the put: no steps on a timer while idle.
     assert steps.count(Step.IDLE) <= 3, steps
+
+
+def test_the_last_ack_of_a_drain_is_committed_at_once(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While draining, acks gather in the spool (up to ACK_DELAY_S) to share commits; once
+    the forwarder finds nothing more to send it acks without gathering, so the queue shows
+    empty at once (relay status, metrics, Home Assistant), not a delay later."""
+    monkeypatch.setattr(writer, "ACK_DELAY_S", 60)  # a gathered ack would sit for a minute
+    sink = FakeSink()
+    f = make(spool, sink)
+    put(spool, 1, 2, 3)
+    assert drain(f) == [Step.SENT, Step.SENT, Step.SENT, Step.IDLE]
+    wait_for(lambda: spool.stats().sinks[0].depth == 0, 10, "the acks committed")

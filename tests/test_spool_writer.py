@@ -103,7 +103,7 @@ def test_stop_answers_what_was_queued_and_refuses_the_rest(h: Harness) -> None:
 def test_acks_nobody_waits_for_gather_into_one_commit(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Deferrable writes (relaxed, no waiter: a forwarder's ack) submitted one at a time,
+    """Gathering writes (relaxed, no waiter: a draining forwarder's ack) submitted one at a time,
     as a forwarder drains, wait up to ACK_DELAY_S for company: a handful of commits, not one
     each."""
     monkeypatch.setattr(writer, "ACK_DELAY_S", 0.5)
@@ -116,7 +116,7 @@ def test_acks_nobody_waits_for_gather_into_one_commit(
             done.set()
 
     for _ in range(50):
-        h.writer.submit(lambda t: None, reply, relaxed=True)
+        h.writer.submit(lambda t: None, reply, relaxed=True, gather=True)
         time.sleep(0.001)
     assert done.wait(10)
     assert len(h.committed) <= 5, f"{len(h.committed)} commits for 50 acks"
@@ -127,7 +127,7 @@ def test_anything_else_ends_the_wait(h: Harness, monkeypatch: pytest.MonkeyPatch
     write that someone waits for (spool.ack(wait=True)) is never held either."""
     monkeypatch.setattr(writer, "ACK_DELAY_S", 60)  # a held write would hang the test
     acked = threading.Event()
-    h.writer.submit(lambda t: None, lambda r, e: acked.set(), relaxed=True)
+    h.writer.submit(lambda t: None, lambda r, e: acked.set(), relaxed=True, gather=True)
     h.writer.call(lambda t: t.insert([ev(1)]))
     assert acked.is_set() and h.rows() == 1
     assert len(h.committed) == 1  # one commit for both

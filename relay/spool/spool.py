@@ -218,18 +218,22 @@ class Spool:
             attempts = failures = 0  # the counters were about an earlier head
         return Lease(sink, records, attempts, failures)
 
-    def ack(self, sink: str, upto_seq: int, *, wait: bool = True) -> None:
+    def ack(self, sink: str, upto_seq: int, *, wait: bool = True, gather: bool = False) -> None:
         """Mark ``sink``'s events up to ``upto_seq`` delivered.
 
         With ``wait`` it returns once committed. Without, it returns at once: the caller
         leases with ``after=upto_seq`` meanwhile. An ack lost to a crash only means those
         events are sent again, which at-least-once allows; so it is committed without an
-        fsync of its own (a relaxed write, see ``relay.spool.writer``).
+        fsync of its own (a relaxed write, see ``relay.spool.writer``). With ``gather`` (and
+        not ``wait``) it may wait up to 100 ms for the caller's next acks to share a commit:
+        the caller acks again without ``gather`` once it has nothing more to send.
         """
         if wait:
             self._writer.call(lambda t: t.ack(sink, upto_seq), relaxed=True)
         else:
-            self._writer.submit(lambda t: t.ack(sink, upto_seq), _ignore, relaxed=True)
+            self._writer.submit(
+                lambda t: t.ack(sink, upto_seq), _ignore, relaxed=True, gather=gather
+            )
 
     def retry(self, sink: str, seq: int, error: str, *, permanent: bool) -> tuple[int, int]:
         """Record a failed attempt at ``sink``'s head ``seq``; returns (attempts, failures)."""

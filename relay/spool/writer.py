@@ -10,10 +10,11 @@ A *relaxed* operation (a sink's ack) need not survive a power cut: losing it onl
 events are sent again, which at-least-once allows. A batch of nothing else is committed with
 ``synchronous=NORMAL``, without an fsync (it becomes durable with the next fsync'd commit or
 checkpoint, as WAL frames are written in order); a forwarder draining one event at a time
-then pays one fsync for the event it received, not a second one for each delivery. And as
-nobody waits for a forwarder's ack, a batch of nothing but such acks waits up to
-``ACK_DELAY_S`` for more before it commits (anything else that comes ends the wait): a sink
-draining a backlog one event at a time makes one commit per ~100 ms, not one per event.
+then pays one fsync for the event it received, not a second one for each delivery. And a
+*gathering* operation (the ack of a forwarder that is draining: it will ack again within a
+millisecond) waits up to ``ACK_DELAY_S`` for more before it commits; anything else that comes
+ends the wait, the forwarder's last ack included. A sink draining a backlog one event at a
+time makes one commit per ~100 ms, not one per event.
 """
 
 from __future__ import annotations
@@ -49,14 +50,19 @@ _STOP = object()
 class _Op(Generic[T]):
     """One queued write. A blocking caller waits on ``lock``, which the writer releases."""
 
-    __slots__ = ("apply", "error", "finished", "lock", "relaxed", "reply", "result")
+    __slots__ = ("apply", "error", "finished", "gather", "lock", "relaxed", "reply", "result")
 
     def __init__(
-        self, apply: Callable[[Txn], T], reply: Reply[T] | None = None, relaxed: bool = False
+        self,
+        apply: Callable[[Txn], T],
+        reply: Reply[T] | None = None,
+        relaxed: bool = False,
+        gather: bool = False,
     ) -> None:
         self.apply = apply
         self.reply = reply
         self.relaxed = relaxed
+        self.gather = gather and relaxed and reply is not None  # nobody waits for it
         self.result: T | None = None
         self.error: SpoolError | None = None
         self.finished = False
@@ -77,8 +83,8 @@ class _Op(Generic[T]):
 
 
 def _deferrable(op: _Op[Any] | object) -> bool:
-    """A relaxed write that nobody waits for (a forwarder's ack)."""
-    return isinstance(op, _Op) and op.relaxed and op.lock is None
+    """A relaxed write that nobody waits for and that may wait for company."""
+    return isinstance(op, _Op) and op.gather
 
 
 class Writer:
@@ -127,10 +133,18 @@ class Writer:
             raise op.error
         return op.result  # type: ignore[return-value]
 
-    def submit(self, apply: Callable[[Txn], T], reply: Reply[T], *, relaxed: bool = False) -> None:
+    def submit(
+        self,
+        apply: Callable[[Txn], T],
+        reply: Reply[T],
+        *,
+        relaxed: bool = False,
+        gather: bool = False,
+    ) -> None:
         """Queue ``apply`` and return; ``reply`` reports it after the commit (quick, and never
-        calling the spool: it runs on the thread that would serve the call)."""
-        self._submit(_Op(apply, reply, relaxed))
+        calling the spool: it runs on the thread that would serve the call). ``gather``: a
+        relaxed write that may wait up to ``ACK_DELAY_S`` for others to share its commit."""
+        self._submit(_Op(apply, reply, relaxed, gather))
 
     def stop(self) -> bool:
         """Refuse new operations and queue the stop behind those queued, which still commit.
