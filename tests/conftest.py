@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
+
+from tests.helpers.brokers import PrivateRabbit, rabbit_unusable
+from tests.helpers.common import REQUIRE_BROKERS
 
 settings.register_profile("ci", max_examples=500, deadline=None)
 settings.register_profile("dev", max_examples=100, deadline=None)
@@ -50,3 +53,15 @@ def relay_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+@pytest.fixture(scope="module")
+def rabbit() -> Iterator[PrivateRabbit]:
+    """A private RabbitMQ node for the tests that stop, restart or block it; one per module."""
+    reason = rabbit_unusable()
+    if reason:
+        if REQUIRE_BROKERS:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with PrivateRabbit() as node:
+        yield node

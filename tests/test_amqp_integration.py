@@ -26,8 +26,8 @@ from relay.sinks import amqp
 from relay.sinks.amqp import AmqpSink
 from relay.spool import Spool
 from tests.helpers.agent import running_agent, spool_of, wait_for
-from tests.helpers.brokers import PrivateRabbit, rabbit_unusable
-from tests.helpers.common import RELAY, REQUIRE_BROKERS, need_service
+from tests.helpers.brokers import PrivateRabbit
+from tests.helpers.common import RELAY, need_service
 from tests.helpers.faultproxy import FaultProxy
 
 RABBIT = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -397,17 +397,6 @@ def test_an_idle_connected_sink_does_not_wake_up(broker: Broker) -> None:
 
 
 # ------------------------------------------------------------------ a private broker
-
-
-@pytest.fixture(scope="module")
-def rabbit() -> Iterator[PrivateRabbit]:
-    reason = rabbit_unusable()
-    if reason:
-        if REQUIRE_BROKERS:
-            pytest.fail(reason)
-        pytest.skip(reason)
-    with PrivateRabbit() as node:
-        yield node
 
 
 @pytest.mark.slow

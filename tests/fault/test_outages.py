@@ -15,7 +15,6 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,8 +31,8 @@ from tests.fault.harness import (
     quiet,
     wait_until,
 )
-from tests.helpers.brokers import PrivateMosquitto, PrivateRabbit, rabbit_unusable
-from tests.helpers.common import REQUIRE_BROKERS, need_service
+from tests.helpers.brokers import PrivateMosquitto, PrivateRabbit
+from tests.helpers.common import need_service
 from tests.helpers.faultproxy import FaultProxy
 from tests.helpers.http_server import Received, RemoteServer, Reply
 from tests.helpers.mqtt import unique
@@ -76,23 +75,6 @@ class Switch:
 
     def __call__(self, request: Received, count: int) -> Reply:
         return Reply(503) if self.down.is_set() else Reply(200)
-
-
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[PrivateMosquitto]:
-    with PrivateMosquitto(tmp_path / "mosquitto", extra="max_queued_messages 100000") as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def rabbit() -> Iterator[PrivateRabbit]:
-    reason = rabbit_unusable()
-    if reason:
-        if REQUIRE_BROKERS:
-            pytest.fail(reason)
-        pytest.skip(reason)
-    with PrivateRabbit() as node:
-        yield node
 
 
 class Run:

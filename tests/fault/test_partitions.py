@@ -10,7 +10,6 @@ AMQP link with heartbeat_s = 1); these run ``relay run`` with all three links cu
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,12 +50,6 @@ NOTICED = {
 }
 BACK = {"mqtt": "mqtt: connected to", "amqp": "sink bus: connected to", "http": "delivering again"}
 LIMIT = {"mqtt": KEEPALIVE_S, "amqp": HEARTBEAT_S, "http": TIMEOUT_S}
-
-
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[PrivateMosquitto]:
-    with PrivateMosquitto(tmp_path / "mosquitto", extra="max_queued_messages 100000") as b:
-        yield b
 
 
 def test_dead_links_are_noticed_reconnected_and_lose_nothing(
