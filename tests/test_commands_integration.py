@@ -21,8 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from relay.commands import CommandExecutor
 from relay.sources.mqtt import MqttSource
-from relay.sources.mqtt_ingest import COMMAND_REJECTS
-from relay.spool import Spool
+from relay.spool import COMMAND_REJECTS, Spool
 from tests.helpers.agent import running_agent, wait_for
 from tests.helpers.commands import executed, outcomes
 from tests.helpers.common import RELAY, need_service

@@ -20,8 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from relay.agent import Agent
 from relay.config import MqttConfig, MqttSourceConfig
 from relay.sources.mqtt import MqttSource
-from relay.sources.mqtt_ingest import REJECTS
-from relay.spool import Spool
+from relay.spool import INGEST_REJECTS, Spool
 from tests.helpers.agent import running_agent, wait_for
 from tests.helpers.brokers import PrivateMosquitto
 from tests.helpers.common import RELAY, need_service
@@ -286,7 +285,7 @@ def test_bad_payloads_do_not_hurt(
     binary = next(e for e in events if e["name"].endswith("/binary"))
     assert binary["payload"] == {"base64": "//4AIG5vdCB1dGYtOA=="}
     with Spool.open(state_dir) as spool:
-        [big] = spool.dead_letters(REJECTS)
+        [big] = spool.dead_letters(INGEST_REJECTS)
     assert big.reason == f"payload of {10 * 1024 * 1024} bytes over max_payload (262144)"
     detail = json.loads(big.body)["payload"]
     assert detail["size"] == 10 * 1024 * 1024 and len(detail["sha256"]) == 64
@@ -302,7 +301,7 @@ def test_topic_that_is_not_utf8_is_dead_lettered(tmp_path: Path) -> None:
         msg.payload = b"x"
         source._on_message(source._client, None, msg)
         spool.sync()
-        [dl] = spool.dead_letters(REJECTS)
+        [dl] = spool.dead_letters(INGEST_REJECTS)
     assert dl.reason == "topic is not UTF-8"
     assert json.loads(dl.body)["name"] == b"home/\xffbad".hex()
 

@@ -30,11 +30,10 @@ from relay.config import mask_url
 from relay.errors import SpoolError
 from relay.event import Command, Event
 from relay.metrics import COMMAND_QUEUE, NO_METRICS, Metrics
-from relay.spool import Spool
+from relay.spool import COMMAND_REJECTS, Spool
 
 log = logging.getLogger(__name__)
 
-COMMAND_REJECTS = "@commands"
 RECONNECT = Backoff(initial=1.0, factor=2.0, cap=60.0)
 # pika's errors for a link that failed or closed: reconnect after a backoff.
 _LINK_ERRORS = (pika.exceptions.AMQPError, OSError)

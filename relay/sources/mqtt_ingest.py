@@ -27,14 +27,12 @@ from relay import crashpoints
 from relay.errors import SpoolError
 from relay.event import Command, Event, decode_payload
 from relay.outage import Outage
-from relay.spool import Chain, Spool
+from relay.spool import COMMAND_REJECTS, INGEST_REJECTS, Chain, Spool
 
 # The source's logger: one name for everything MQTT ingest says, as before the split
 # (journalctl and the fault tests match on it).
 log = logging.getLogger("relay.sources.mqtt")
 
-REJECTS = "@ingest"  # where refused messages are dead-lettered (not a valid sink name)
-COMMAND_REJECTS = "@commands"  # where malformed commands are
 DEFAULT_MAX_PAYLOAD = 256 * 1024
 
 Filter = tuple[str, int, int]  # (topic filter, QoS, max_payload)
@@ -168,7 +166,7 @@ class Ingest:
         name: str,
         reason: str,
         ack: _Ack,
-        where: str = REJECTS,
+        where: str = INGEST_REJECTS,
     ) -> None:
         """Dead-letter the message's metadata (never the payload), then ack it."""
         detail = {

@@ -26,6 +26,8 @@ across them.
 """
 
 from relay.spool.model import (
+    COMMAND_REJECTS,
+    INGEST_REJECTS,
     ROW_OVERHEAD,
     Chain,
     DeadLetter,
@@ -40,6 +42,8 @@ from relay.spool.model import (
 from relay.spool.spool import Spool
 
 __all__ = [
+    "COMMAND_REJECTS",
+    "INGEST_REJECTS",
     "ROW_OVERHEAD",
     "Chain",
     "DeadLetter",

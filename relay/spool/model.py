@@ -29,6 +29,10 @@ class Chain:
 # size cap tracks the file and not only the payloads.
 ROW_OVERHEAD = 64
 
+# Dead letters that belong to no sink (neither is a valid sink name, so none can clash):
+INGEST_REJECTS = "@ingest"  # messages refused at the door (over max_payload, topic not UTF-8)
+COMMAND_REJECTS = "@commands"  # device commands that cannot be understood (MQTT, AMQP)
+
 
 @dataclass(frozen=True)
 class Record:
