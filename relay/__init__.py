@@ -1,4 +1,4 @@
-"""relay: a home-automation event relay agent. See DESIGN.md and README.md."""
+"""relay: a home-automation event relay agent. See README.md and docs/ARCHITECTURE.md."""
 
 from __future__ import annotations
 

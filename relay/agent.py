@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -23,14 +24,17 @@ from relay.wiring import Component
 
 log = logging.getLogger(__name__)
 
+Build = Callable[[Settings, Spool], list[Component]]  # the components, in start order
+
 STATUS_EVERY = 30.0  # seconds between STATUS= refreshes under systemd without a watchdog
 
 
 class Agent:
     """Owns the spool and the components; :meth:`run` is what ``relay run`` calls."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, build: Build = wiring.components) -> None:
         self.settings = settings
+        self._build = build
         self.spool: Spool | None = None
         self.components: list[Component] = []
         self._lock_file: IO[str] | None = None
@@ -41,13 +45,7 @@ class Agent:
         """Open the spool and start every component. Raises ``RelayError`` subclasses."""
         s = self.settings
         self._lock_file = _lock_state_dir(s.state_dir)
-        self.spool = Spool.open(
-            s.state_dir,
-            durability=s.spool.durability,
-            max_bytes=int(s.spool.max_size),
-            when_full=s.spool.when_full,
-            check=True,
-        )
+        self.spool = Spool.configured(s.spool, s.state_dir, agent=True)
         self.spool.register_sinks([sink.name for sink in s.sinks])
         self._doorbell = Doorbell(s.state_dir, self.spool.notify)
         try:
@@ -56,7 +54,7 @@ class Agent:
             raise SpoolError(str(exc)) from None
         # Only what has started is in self.components, so that stop() after a start that
         # failed part way does not stop what never ran (a thread never started cannot join).
-        for component in self._build():
+        for component in self._build(s, self.spool):
             component.start()
             self.components.append(component)
         self.ready.set()
@@ -69,10 +67,6 @@ class Agent:
             len(s.sinks),
             len(s.sources),
         )
-
-    def _build(self) -> list[Component]:
-        assert self.spool is not None
-        return wiring.components(self.settings, self.spool)
 
     def run(
         self,
@@ -138,7 +132,7 @@ class Agent:
     def _state(self) -> tuple[int, tuple[str | None, ...]]:
         """What STATUS= depends on, cheaply: the spool's version and the errors."""
         assert self.spool is not None
-        errors = tuple(getattr(c, "last_error", None) for c in self.components)
+        errors = tuple(c.last_error for c in self.components)
         return self.spool.version, errors
 
     def status_line(self) -> str:
@@ -153,7 +147,7 @@ class Agent:
         errors += [
             (time.time(), f"{c.name}: {error}")
             for c in self.components
-            if (error := getattr(c, "last_error", None)) and not hasattr(c, "sink")
+            if (error := c.last_error) and not c.is_sink
         ]
         latest = max(errors)[1] if errors else None
         return status_text({s.name: s.depth for s in stats.sinks}, latest)

@@ -113,7 +113,7 @@ def _run(args: argparse.Namespace) -> int:
         reload.set()
         stop.set()
 
-    # Signals only set flags; the main thread does the work (STYLE.md, habit 6).
+    # Signal handlers only set flags; the main thread does the work (relay/signals.py).
     listener = SignalListener(on_stop=stop.set, on_reload=on_reload)
     listener.start()
     try:
@@ -232,13 +232,13 @@ def _command(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from relay import report
-    from relay.producer import open_spool
+    from relay.spool import Spool
 
     settings = _settings(args)
     if not (settings.state_dir / "spool.db").exists():
         print(f"relay status: no spool in {settings.state_dir} yet (relay has not run)")
         return EX_OK
-    with open_spool(settings.spool, settings.state_dir) as spool:
+    with Spool.configured(settings.spool, settings.state_dir) as spool:
         stats = spool.stats()
     if args.json:
         print(json.dumps(report.status_json(stats), indent=2))
@@ -252,12 +252,12 @@ def _status(args: argparse.Namespace) -> int:
 def _dlq(args: argparse.Namespace) -> int:
     from relay import report
     from relay.doorbell import ring
-    from relay.producer import open_spool
+    from relay.spool import Spool
 
     settings = _settings(args)
     if args.action == "purge" and not (args.ids or args.sink or args.all):
         raise UsageError("name the IDs or --sink to purge, or pass --all")
-    with open_spool(settings.spool, settings.state_dir) as spool:
+    with Spool.configured(settings.spool, settings.state_dir) as spool:
         if args.action == "list":
             for dl in spool.dead_letters(args.sink, args.ids):
                 if args.json:

@@ -9,8 +9,8 @@ TTL, nothing overtaking it; any other error is ``failed``. A command found runni
 was interrupted by a crash: it is not run again, its outcome is ``interrupted``. Every
 outcome is an event, ``command.<device>``, stored with the command's end in one commit.
 
-``step(now)`` does one unit of work (tests drive it with a fake clock); ``run()`` sleeps
-until a command is recorded or a retry is due.
+``step(now)`` does one unit of work (tests drive it with a fake clock); its thread
+(``relay.runner``) sleeps until a command is recorded or a retry is due.
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from relay.backoff import Backoff
 from relay.devices import Device
-from relay.errors import DeviceError, DeviceUnavailable, SpoolError
+from relay.errors import DeviceError, DeviceUnavailable
 from relay.event import Command, Event
 from relay.metrics import NO_METRICS, Metrics
-from relay.spool import Spool
+from relay.runner import StepRunner
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,57 @@ class Step(enum.Enum):
     IDLE = "idle"  # nothing queued
 
 
+class CommandStore(Protocol):
+    """What the executor needs of the spool (``relay.spool.Spool``): the command queue."""
+
+    @property
+    def commands_version(self) -> int: ...
+
+    def next_command(self) -> Command | None: ...
+
+    def running_commands(self) -> list[Command]: ...
+
+    def command_state(self, command_id: str) -> tuple[str, str | None, str | None] | None: ...
+
+    def start_command(self, command_id: str) -> None: ...
+
+    def finish_command(
+        self, command_id: str, status: str, error: str | None, outcome: Event
+    ) -> None: ...
+
+    def wait_for_command(self, version: int, timeout: float | None) -> int: ...
+
+    def notify(self) -> None: ...
+
+
+class Arrivals:
+    """When each command reached this process, on the monotonic clock: its TTL counts from
+    there (wall time on a Pi without a real-time clock can jump by years at boot). The
+    inputs mark a command once it is recorded; the executor reads it. Thread-safe."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._at: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def mark(self, command_id: str) -> None:
+        """An input recorded this command just now."""
+        with self._lock:
+            self._at[command_id] = self._clock()
+
+    def at(self, command_id: str, otherwise: Callable[[], float]) -> float:
+        """When it arrived; for one not marked here (recorded by another process, or before
+        a restart), ``otherwise()``, remembered so that retries count consistently."""
+        with self._lock:
+            if command_id not in self._at:
+                self._at[command_id] = otherwise()
+            return self._at[command_id]
+
+    def forget(self, command_id: str) -> None:
+        with self._lock:
+            self._at.pop(command_id, None)
+
+
 @dataclass
 class _Running:
     cmd: Command
@@ -60,10 +112,12 @@ class _Running:
 
 class CommandExecutor:
     name = "commands"
+    is_sink = False
+    last_error: str | None = None  # a failing command is its outcome, not the agent's state
 
     def __init__(
         self,
-        spool: Spool,
+        spool: CommandStore,
         devices: Mapping[str, Device],
         *,
         node: str,
@@ -74,6 +128,7 @@ class CommandExecutor:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         metrics: Metrics = NO_METRICS,
+        arrivals: Arrivals | None = None,
     ) -> None:
         self.spool = spool
         self.devices = devices
@@ -81,24 +136,26 @@ class CommandExecutor:
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
         self.backoff = backoff or Backoff(initial=0.5, factor=2.0, cap=5.0)
-        self.busy_since: float | None = None  # monotonic start of the step under way
         self._rng = rng or random.Random()
         self._clock, self._wall = clock, wall
         self._metrics = metrics
         self._current: _Running | None = None
-        self._received: dict[str, float] = {}  # id -> monotonic receive time, this process
+        self.arrivals = arrivals or Arrivals(clock)
         self._waiters: dict[str, list[Outcome]] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # Drivers honour the timeout, so a step of more than twice it is a hang.
+        self._runner = StepRunner(
+            self,
+            name="commands",
+            what="command executor",
+            backoff=self.backoff,
+            stall_s=2 * timeout_s + 10,
+            daemon=False,
+            clock=clock,
+            rng=self._rng,
+        )
 
     # ---------------------------------------------------------------- inputs' side
-
-    def received(self, command_id: str) -> None:
-        """An input recorded this command just now: measure its TTL on the monotonic clock
-        (wall time on a Pi without a real-time clock can jump by years at boot)."""
-        with self._lock:
-            self._received[command_id] = self._clock()
 
     def on_outcome(self, command_id: str, callback: Outcome) -> None:
         """Call ``callback(status, error)`` when the command ends (at once if it has)."""
@@ -223,8 +280,7 @@ class CommandExecutor:
             status,
             f" ({error})" if error else "",
         )
-        with self._lock:
-            self._received.pop(cmd.id, None)
+        self.arrivals.forget(cmd.id)
         self._notify(cmd.id, str(status), error)
 
     def _notify(self, command_id: str, status: str, error: str | None) -> None:
@@ -234,37 +290,25 @@ class CommandExecutor:
             callback(status, error)
 
     def _age(self, cmd: Command, now: float) -> float:
-        with self._lock:
-            received = self._received.get(cmd.id)
-            if received is None:
-                # Recorded by another process or before a restart: only the wall clock knows
-                # when. Pin that to the monotonic clock once, so retries count consistently.
-                received = now - max(self._wall() - cmd.received_at, 0.0)
-                self._received[cmd.id] = received
+        # Recorded by another process or before a restart: only the wall clock knows when.
+        received = self.arrivals.at(cmd.id, lambda: now - max(self._wall() - cmd.received_at, 0.0))
         return now - received
 
     # ---------------------------------------------------------------- the thread
 
     def start(self) -> None:
         self.recover()
-        self._thread = threading.Thread(target=self.run, name="commands")
-        self._thread.start()
+        self._runner.start()
 
     def stop(self) -> None:
         """Stop after the command in progress (a retry wait ends at once)."""
-        self._stop.set()
-        self.spool.notify()
-        if self._thread is not None:
-            self._thread.join()
+        self._runner.stop()
         for device in self.devices.values():
             device.close()
 
     def alive(self) -> bool:
-        """For the watchdog: running, and no step past twice the command timeout (drivers
-        honour the timeout, so longer is a hang)."""
-        busy_since = self.busy_since
-        stuck = busy_since is not None and self._clock() - busy_since > 2 * self.timeout_s + 10
-        return self._thread is not None and self._thread.is_alive() and not stuck
+        """For the watchdog: running, and no step past twice the command timeout."""
+        return self._runner.alive()
 
     @property
     def attempts(self) -> int:
@@ -272,32 +316,24 @@ class CommandExecutor:
         current = self._current
         return current.attempts if current is not None else 0
 
-    def run(self) -> None:
-        errors = 0
-        spool_error: str | None = None  # the spool's refusal (a full disk), logged once
-        while not self._stop.is_set():
-            version = self.spool.commands_version  # before looking: no missed wake-up
-            self.busy_since = self._clock()
-            try:
-                step = self.step(self._clock())
-                errors, spool_error = 0, None
-            except SpoolError as exc:  # the disk is full or read-only: no bug, no traceback
-                errors += 1
-                delay = self.backoff.delay(errors, self._rng)
-                if str(exc) != spool_error:
-                    log.error("command executor: %s; trying again in %.1fs", exc, delay)
-                spool_error = str(exc)
-                self._stop.wait(delay)
-                continue
-            except Exception:  # the thread's top: log, count, back off, go on
-                errors += 1
-                delay = self.backoff.delay(errors, self._rng)
-                log.exception("command executor error; retrying in %.1fs", delay)
-                self._stop.wait(delay)
-                continue
-            finally:
-                self.busy_since = None
-            if step is Step.IDLE:
-                self.spool.wait_for_command(version, None)
-            elif step in (Step.WAIT, Step.RETRY) and self._current is not None:
-                self._stop.wait(max(self._current.next_attempt - self._clock(), 0.0))
+    # ---------------------------------------------------------------- what the runner calls
+
+    def version(self) -> int:
+        return self.spool.commands_version
+
+    def advance(self, now: float) -> float | None:
+        step = self.step(now)
+        if step is Step.IDLE:
+            return None
+        if step in (Step.WAIT, Step.RETRY) and self._current is not None:
+            return max(self._current.next_attempt - self._clock(), 0.0)
+        return 0.0
+
+    def sleep(self, version: int, timeout: float | None, stop: threading.Event) -> None:
+        if timeout is None:
+            self.spool.wait_for_command(version, None)
+        else:
+            stop.wait(timeout)
+
+    def wake(self) -> None:
+        self.spool.notify()

@@ -9,13 +9,18 @@
     ├── SendError            a sink could not deliver (raised by sinks, handled by forwarders)
     │   ├── TransientError   retry later, forever (or until ``max_age``)
     │   └── PermanentError   counts toward ``max_retries``, then the event is dead-lettered
-    └── DeviceError          a device command failed (outcome "failed"; never retried)
-        └── DeviceUnavailable  the device could not be reached before it took the command:
-                               reconnect and retry the same command, until its TTL
+    ├── DeviceError          a device command failed (outcome "failed"; never retried)
+    │   └── DeviceUnavailable  the device could not be reached before it took the command:
+    │                          reconnect and retry the same command, until its TTL
+    └── PublishError         a publish on relay's MQTT connection did not complete
+        ├── NotConnected     nothing was sent: there is no connection to the broker now
+        └── Unconfirmed      sent, but the broker did not acknowledge it in time; it may
+                             still arrive (paho sends it again after a reconnect)
 
 Sinks translate their library's exceptions into exactly these two ``SendError`` kinds, once,
 in the adapter, chaining the cause; the forwarder never looks at an HTTP status or a pika
-exception.
+exception. The MQTT connection raises the ``PublishError`` kinds; what they mean to a device
+command is ``relay.devices.mqtt``'s to say.
 """
 
 from __future__ import annotations
@@ -81,3 +86,15 @@ class DeviceError(RelayError):
 
 class DeviceUnavailable(DeviceError):
     """The device was not reached, so it did not take the command: safe to retry."""
+
+
+class PublishError(RelayError):
+    """A publish on the MQTT connection failed or is not known to have arrived."""
+
+
+class NotConnected(PublishError):
+    """Not connected to the broker: nothing was sent."""
+
+
+class Unconfirmed(PublishError):
+    """Sent, but not acknowledged by the broker in time: it may still arrive."""

@@ -1,4 +1,4 @@
-"""The event of DESIGN.md: what relay stores and forwards. Pure: no I/O, no clocks but the id's.
+"""The event: what relay stores and forwards. Pure: no I/O, no clocks but the id's.
 
 On the wire (HTTP body, AMQP body) an event is exactly::
 
@@ -74,7 +74,8 @@ MAX_DEPTH = 256  # JSON nested deeper than this is kept as text (see decode_payl
 
 
 def decode_payload(raw: bytes) -> Any:
-    """DESIGN.md's payload rule: JSON when it parses, else UTF-8 text, else base64.
+    """The payload rule of the event on the wire: JSON when it parses, else UTF-8 text, else
+    base64.
 
     JSON nested more than ``MAX_DEPTH`` levels deep is kept as text too: Python's json
     recurses, so an event around it might not encode, or decode again when leased.

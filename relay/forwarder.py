@@ -2,9 +2,9 @@
 retry, or dead-letter. Concurrency 1, so events reach each sink in spool order.
 
 ``step(now)`` does one unit of work and says what happened; tests drive it with a fake clock.
-``run()`` only loops: it sleeps until new work arrives (the spool wakes it) or the next retry
-is due, and never polls on a tick. A sink whose connection needs its thread while idle (pika's
-heartbeats) does that sleeping itself: see :class:`WaitingSink`.
+Its thread (``relay.runner``) sleeps until new work arrives (the spool wakes it) or the next
+retry is due, and never polls on a tick. A sink whose connection needs its thread while idle
+(pika's heartbeats) does that sleeping itself: see :class:`WaitingSink`.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from typing import Protocol, runtime_checkable
 
 from relay import crashpoints
 from relay.backoff import Backoff
-from relay.errors import PermanentError, SendError, SpoolError, TransientError
+from relay.errors import PermanentError, SendError, TransientError
 from relay.metrics import NO_METRICS, Metrics
-from relay.outage import Outage
+from relay.runner import StepRunner
 from relay.sinks import Sink
-from relay.spool import Record, Spool
+from relay.spool import Lease, Record
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,29 @@ class Step(enum.Enum):
     DEAD = "dead"  # the head was dead-lettered
     WAIT = "wait"  # a retry is scheduled and not due yet
     IDLE = "idle"  # nothing to send
+
+
+class Queue(Protocol):
+    """What a forwarder needs of the spool (``relay.spool.Spool``): its sink's queue."""
+
+    @property
+    def version(self) -> int: ...
+
+    def lease(self, sink: str, limit: int = 1) -> Lease: ...
+
+    def ack(self, sink: str, upto_seq: int) -> None: ...
+
+    def sync(self) -> None: ...
+
+    def retry(self, sink: str, seq: int, error: str, *, permanent: bool) -> tuple[int, int]: ...
+
+    def dead_letter(self, sink: str, seq: int, reason: str) -> None: ...
+
+    def wait_for_change(self, version: int, timeout: float | None) -> int: ...
+
+    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]: ...
+
+    def notify(self) -> None: ...
 
 
 @runtime_checkable
@@ -66,10 +89,12 @@ class Policy:
 
 
 class Forwarder:
+    is_sink = True
+
     def __init__(
         self,
         sink: Sink,
-        spool: Spool,
+        spool: Queue,
         policy: Policy,
         *,
         rng: random.Random | None = None,
@@ -84,7 +109,6 @@ class Forwarder:
         self.next_attempt = float("-inf")  # monotonic time of the next retry
         self.failing_since: float | None = None
         self.last_error: str | None = None
-        self.busy_since: float | None = None  # monotonic start of the step under way
         self.delivered_at: float | None = None  # wall time of this process's last delivery
         self._reached: bool | None = None  # see connected
         self._rng = rng or random.Random()
@@ -93,10 +117,18 @@ class Forwarder:
         self._metrics = metrics
         self._solo_until = 0  # send one at a time up to this seq (finding a poison event)
         self._acked = 0  # the last seq acked; its commit may still be on its way
-        self._committed = 0  # the last seq acked without gathering (committed at once)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._synced = 0  # the last seq acked and then committed at once (sync)
         self._waiter = sink if isinstance(sink, WaitingSink) else None
+        self._runner = StepRunner(
+            self,
+            name=f"forward-{self.name}",
+            what=f"sink {self.name}",
+            backoff=policy.backoff,
+            stall_s=policy.stall_s,
+            extra={"SINK": self.name},
+            clock=clock,
+            rng=self._rng,
+        )
 
     # ---------------------------------------------------------------- one step
 
@@ -104,12 +136,12 @@ class Forwarder:
         """Try the head once if it is due. ``now`` is monotonic seconds."""
         if now < self.next_attempt:
             return Step.WAIT
-        head = self.spool.lease(self.name, 1, after=self._acked)
+        head = self.spool.lease(self.name, 1)
         if not head.records:
             self._ack_now()
             return Step.IDLE
         limit = 1 if head.records[0].seq <= self._solo_until else self.policy.batch_max
-        lease = head if limit == 1 else self.spool.lease(self.name, limit, after=self._acked)
+        lease = head if limit == 1 else self.spool.lease(self.name, limit)
         records = lease.records
         started = self._clock()
         crashpoints.wedge("forwarder.send")
@@ -170,18 +202,18 @@ class Forwarder:
         return Step.RETRY
 
     def _ack(self, seq: int) -> None:
-        # Not waiting for the commit keeps the fsync off the sending path; the spool applies
-        # writes in order, so a later retry or dead letter still lands after this ack. While
-        # draining, acks gather in the spool to share commits; _ack_now ends that.
-        self.spool.ack(self.name, seq, wait=False, gather=True)
+        # The spool commits acks without an fsync, and while this sink drains they wait a
+        # little to share a commit; the spool applies writes in order, so a later retry or
+        # dead letter still lands after this ack.
+        self.spool.ack(self.name, seq)
         self._acked = seq
 
     def _ack_now(self) -> None:
-        """Nothing more to send: the gathered acks are committed now, so that relay status,
-        the metrics and Home Assistant show the queue empty at once."""
-        if self._acked > self._committed:
-            self.spool.ack(self.name, self._acked, wait=False)
-            self._committed = self._acked
+        """Nothing more to send: the waiting acks are committed now, so that relay status
+        (another process), the metrics and Home Assistant show the queue empty at once."""
+        if self._acked > self._synced:
+            self.spool.sync()
+            self._synced = self._acked
 
     def _dead(self, head: Record, reason: str) -> Step:
         self.spool.dead_letter(self.name, head.seq, reason)
@@ -206,78 +238,57 @@ class Forwarder:
     # ---------------------------------------------------------------- the thread
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name=f"forward-{self.name}", daemon=True)
-        self._thread.start()
+        self._runner.start()
 
     def stop(self) -> None:
         """Stop after the send in progress (if any) has finished or failed."""
-        self._stop.set()
-        self.spool.notify()
-        if self._waiter is not None:
-            self._waiter.wake()
-        if self._thread is not None:
-            # A send is bounded by its deadline; a thread still inside one after that is
-            # wedged, and is left behind (a daemon) rather than holding up the stop.
-            self._thread.join(self.policy.stall_s)
-            if self._thread.is_alive():
-                log.error(
-                    "sink %s: the forwarder did not stop; leaving it",
-                    self.name,
-                    extra={"SINK": self.name},
-                )
-                return
+        # A send is bounded by its deadline; a thread still inside one after that is
+        # wedged, and is left behind (a daemon) rather than holding up the stop.
+        if not self._runner.stop(self.policy.stall_s):
+            log.error(
+                "sink %s: the forwarder did not stop; leaving it",
+                self.name,
+                extra={"SINK": self.name},
+            )
+            return
         self.sink.close()
 
     def alive(self) -> bool:
         """For the watchdog: the thread runs and is not stuck in one step (a send has its
         own deadline, so a step far longer than that is a hang, not a slow far end)."""
-        busy_since = self.busy_since
-        stuck = busy_since is not None and self._clock() - busy_since > self.policy.stall_s
-        return self._thread is not None and self._thread.is_alive() and not stuck
+        return self._runner.alive()
 
-    def run(self) -> None:
-        errors = 0
-        spool_error = Outage()  # the spool's refusal (a full disk): logged once, not per flap
-        while not self._stop.is_set():
-            version = self.spool.version  # before the lease: a put after it is not missed
-            self.busy_since = self._clock()
-            try:
-                step = self.step(self._clock())
-                errors = 0
-                spool_error.succeeded()
-            except SpoolError as exc:  # the disk is full or read-only: no bug, no traceback
-                errors += 1
-                delay = self.policy.backoff.delay(errors, self._rng)
-                if spool_error.failed(str(exc)):
-                    log.error(
-                        "sink %s: %s; trying again in %.1fs",
-                        self.name,
-                        exc,
-                        delay,
-                        extra={"SINK": self.name},
-                    )
-                self._sleep(delay)
-                continue
-            except Exception:  # the thread's top: log, count, back off, go on
-                errors += 1
-                delay = self.policy.backoff.delay(errors, self._rng)
-                log.exception(
-                    "sink %s: forwarder error; retrying in %.1fs",
-                    self.name,
-                    delay,
-                    extra={"SINK": self.name},
-                )
-                self._sleep(delay)
-                continue
-            finally:
-                self.busy_since = None
-            if step is Step.IDLE:
-                self._idle(version)
-            elif step is Step.WAIT or step is Step.RETRY:
-                self._sleep(max(self.next_attempt - self._clock(), 0.0))
+    # ---------------------------------------------------------------- what the runner calls
 
-    def _idle(self, version: int) -> None:
-        """Sleep until the spool changes after ``version`` (new work), or stop."""
+    def version(self) -> int:
+        return self.spool.version
+
+    def advance(self, now: float) -> float | None:
+        step = self.step(now)
+        if step is Step.IDLE:
+            return None
+        if step is Step.WAIT or step is Step.RETRY:
+            return max(self.next_attempt - self._clock(), 0.0)
+        return 0.0
+
+    def sleep(self, version: int, timeout: float | None, stop: threading.Event) -> None:
+        """Until new work (``timeout`` None) or for ``timeout`` seconds (a retry is due
+        then: new work does not end it); the sink's own wait if it has one."""
+        if timeout is None:
+            self._idle(version, stop)
+        elif self._waiter is None:
+            stop.wait(timeout)
+        else:
+            deadline = self._clock() + timeout
+            while not stop.is_set() and (left := deadline - self._clock()) > 0:
+                self._waiter.wait(left)
+
+    def wake(self) -> None:
+        self.spool.notify()
+        if self._waiter is not None:
+            self._waiter.wake()
+
+    def _idle(self, version: int, stop: threading.Event) -> None:
         if self._waiter is None:
             self.spool.wait_for_change(version, None)
             return
@@ -285,16 +296,7 @@ class Forwarder:
         try:
             # A change between the lease and the subscription called no wake(): look
             # before sleeping, or that event would wait for the next one.
-            if self.spool.version == version and not self._stop.is_set():
+            if self.spool.version == version and not stop.is_set():
                 self._waiter.wait(None)
         finally:
             unsubscribe()
-
-    def _sleep(self, delay: float) -> None:
-        """Sleep ``delay`` seconds, or less if stopped. Spool changes do not end it."""
-        if self._waiter is None:
-            self._stop.wait(delay)
-            return
-        deadline = self._clock() + delay
-        while not self._stop.is_set() and (left := deadline - self._clock()) > 0:
-            self._waiter.wait(left)

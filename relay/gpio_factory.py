@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING
 
 from relay.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gpiozero.pins import Factory
 
 _FACTORIES = {
     "lgpio": ("gpiozero.pins.lgpio", "LGPIOFactory"),
@@ -16,14 +20,13 @@ _FACTORIES = {
 }
 
 
-def pin_factory(name: str) -> Any:
+def pin_factory(name: str) -> Factory:
     """A new factory; ``ConfigError`` (exit 78) when its library is missing or no GPIO."""
     module_name, class_name = _FACTORIES[name]
     try:
-        import importlib
-
         module = importlib.import_module(module_name)
-        return getattr(module, class_name)()
+        factory: Factory = getattr(module, class_name)()
+        return factory
     except ImportError as exc:
         raise ConfigError(
             [

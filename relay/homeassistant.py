@@ -36,8 +36,10 @@ from typing import Any, Protocol
 
 from relay import __version__
 from relay.config import HomeAssistantConfig
-from relay.errors import DeviceError
-from relay.spool import SinkStats, Spool
+from relay.errors import PublishError
+from relay.logonce import LogOnce
+from relay.mqtt import Message, Session
+from relay.spool import SinkStats, SpoolStats
 
 log = logging.getLogger(__name__)
 
@@ -54,23 +56,55 @@ _ATTRIBUTES = (
 )
 
 
-class Broker(Protocol):
-    """The MQTT connection, as this module uses it (``relay.sources.mqtt.MqttSource``)."""
+class Publisher(Protocol):
+    """The MQTT connection, as this module publishes on it (``relay.mqtt``)."""
 
     status_topic: str
 
     def publish(
         self, topic: str, payload: bytes, *, qos: int, retain: bool, timeout: float
     ) -> None:
-        """Raise ``DeviceUnavailable`` when not connected, ``DeviceError`` when the broker
-        did not acknowledge within ``timeout``."""
+        """Raise ``PublishError`` when not connected or not acknowledged within
+        ``timeout``."""
 
-    def listen(self, topic: str, callback: Callable[[bytes], None]) -> None:
-        """Before start: subscribe to ``topic`` on every connection and call
-        ``callback(payload)`` (on the network thread) for its messages."""
 
-    def add_connect_listener(self, callback: Callable[[], None]) -> None:
-        """Before start: call ``callback()`` (on the network thread) after every connect."""
+class HaWakeups:
+    """What the MQTT connection tells Home Assistant discovery (an observer of it): every
+    new connection, and Home Assistant's birth message (``online``), make the config due
+    again. ``cond`` is the condition the discovery thread sleeps on."""
+
+    def __init__(self, birth_topic: str) -> None:
+        self.birth_topic = birth_topic
+        self.cond = threading.Condition()
+        self.announce = False  # the config is due (a new connection, or HA restarted)
+        self.woken = False
+
+    def subscriptions(self) -> list[tuple[str, int]]:
+        return [(self.birth_topic, 0)]  # QoS 0: nothing is queued for us while we are away
+
+    def on_connect(self, session: Session) -> None:
+        self.wake(announce=True)
+
+    def on_message(self, msg: Message) -> None:
+        if msg.payload.strip() == b"online":  # "offline" is its last will: nothing to do
+            self.wake(announce=True)
+
+    def settle(self) -> None:
+        pass
+
+    def wake(self, *, announce: bool = False) -> None:
+        with self.cond:
+            self.announce = self.announce or announce
+            self.woken = True
+            self.cond.notify()
+
+
+class SpoolView(Protocol):
+    """What this module reads of the spool (``relay.spool.Spool``)."""
+
+    def stats(self) -> SpoolStats: ...
+
+    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]: ...
 
 
 class SinkView(Protocol):
@@ -189,61 +223,47 @@ class HaDiscovery:
     """Announces relay to Home Assistant and keeps its sensors current; see the module."""
 
     name = "homeassistant"
+    is_sink = False
 
     def __init__(
         self,
         cfg: HomeAssistantConfig,
         *,
         node: str,
-        spool: Spool,
+        spool: SpoolView,
         sinks: Sequence[SinkView],
-        broker: Broker,
+        publisher: Publisher,
+        wakeups: HaWakeups,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.node = node
         self.spool = spool
-        self.broker = broker
+        self.publisher = publisher
+        self.wakeups = wakeups
         self.topics = Topics.of(cfg, node)
-        self.last_error: str | None = None
+        self._failing = LogOnce(settle_s=0)  # publishes fail: one line, and one when over
         self._views = {s.name: s for s in sinks}
         self._interval = cfg.min_interval.total_seconds()
         self._clock = clock
         self._wall = wall
         self._published: dict[str, bytes] = {}  # per sink, the state the broker has
         self._next_at = float("-inf")  # monotonic: no state publish before this
-        self._cond = threading.Condition()
-        self._announce = False  # the config is due (a new connection, or HA restarted)
+        self._cond = wakeups.cond
         self._changed = True  # states may differ from what was published
-        self._woken = False
         self._stopping = False
         self._unsubscribe: Callable[[], None] | None = None
         self._thread = threading.Thread(target=self.run, name="homeassistant", daemon=True)
-        broker.listen(self.topics.birth, self._on_birth)
-        broker.add_connect_listener(self._on_connect)
 
     # ---------------------------------------------------------------- wake-ups (other threads)
-
-    def _on_connect(self) -> None:
-        self._wake(announce=True)
-
-    def _on_birth(self, payload: bytes) -> None:
-        if payload.strip() == b"online":  # "offline" is its last will: nothing to do
-            self._wake(announce=True)
 
     def _on_change(self) -> None:
         # On every spool commit that adds work: once a change is pending the thread has a
         # timer, so further commits need not wake it (no wake-up per event under load).
         with self._cond:
             if not self._changed:
-                self._changed = self._woken = True
+                self._changed = self.wakeups.woken = True
                 self._cond.notify()
-
-    def _wake(self, *, announce: bool) -> None:
-        with self._cond:
-            self._announce = self._announce or announce
-            self._woken = True
-            self._cond.notify()
 
     # ---------------------------------------------------------------- one step
 
@@ -251,7 +271,7 @@ class HaDiscovery:
         """Publish what is due; ``now`` is monotonic seconds. Returns how long until the
         next look is due, or None: nothing until a wake-up."""
         with self._cond:
-            announce, self._announce = self._announce, False
+            announce, self.wakeups.announce = self.wakeups.announce, False
             changed = self._changed
         if announce and self._views:  # no sinks: no entities, and nothing to announce
             if not self._send(self.topics.config, self._config_payload()):
@@ -275,7 +295,7 @@ class HaDiscovery:
 
     def _config_payload(self) -> bytes:
         config = discovery_config(
-            self.topics, self.node, list(self._views), self.broker.status_topic
+            self.topics, self.node, list(self._views), self.publisher.status_topic
         )
         return json.dumps(config).encode()
 
@@ -295,16 +315,18 @@ class HaDiscovery:
 
     def _send(self, topic: str, payload: bytes) -> bool:
         try:
-            self.broker.publish(topic, payload, qos=1, retain=True, timeout=PUBLISH_TIMEOUT)
-        except DeviceError as exc:
-            if str(exc) != self.last_error:
+            self.publisher.publish(topic, payload, qos=1, retain=True, timeout=PUBLISH_TIMEOUT)
+        except PublishError as exc:
+            if self._failing.failed(str(exc)):
                 log.warning("homeassistant: cannot publish to %s: %s", topic, exc)
-            self.last_error = str(exc)
             return False
-        if self.last_error is not None:
+        if self._failing.succeeded():
             log.info("homeassistant: publishing again")
-            self.last_error = None
         return True
+
+    @property
+    def last_error(self) -> str | None:
+        return self._failing.reason
 
     # ---------------------------------------------------------------- the thread
 
@@ -330,10 +352,10 @@ class HaDiscovery:
         delay: float | None = None
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._woken or self._stopping, delay)
+                self._cond.wait_for(lambda: self.wakeups.woken or self._stopping, delay)
                 if self._stopping:
                     return
-                self._woken = False
+                self.wakeups.woken = False
             try:
                 delay = self.step(self._clock())
             except Exception:  # the thread's top: log, and look again a while later

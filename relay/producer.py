@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from relay import config
 from relay.doorbell import ring
-from relay.errors import SpoolError
 from relay.event import Command, Event, new_id
 from relay.spool import Spool
 
@@ -36,22 +34,10 @@ def push(
         raise ValueError(f"event name must be 1 to {MAX_NAME} printable characters")
     settings = config.load(config.config_path(config_path))
     event = Event.new(node=settings.node, source=source, name=name, payload=payload)
-    with open_spool(settings.spool, settings.state_dir) as spool:
+    with Spool.configured(settings.spool, settings.state_dir) as spool:
         spool.put(event)
     ring(settings.state_dir)
     return event
-
-
-def open_spool(cfg: config.SpoolConfig, state_dir: Path) -> Spool:
-    """The spool for a short-lived tool (not the agent: no integrity check at open)."""
-    if cfg.durability == "memory":
-        raise SpoolError(
-            'spool durability is "memory": only the running agent holds the queue, so this '
-            "command cannot reach it"
-        )
-    return Spool.open(
-        state_dir, durability=cfg.durability, max_bytes=int(cfg.max_size), when_full=cfg.when_full
-    )
 
 
 def command(
@@ -80,7 +66,7 @@ def command(
         source="cli",
         received_at=time.time(),
     )
-    with open_spool(settings.spool, settings.state_dir) as spool:
+    with Spool.configured(settings.spool, settings.state_dir) as spool:
         recorded = spool.record_command(cmd)
     ring(settings.state_dir)
     return cmd, recorded
@@ -95,7 +81,7 @@ def wait_for_outcome(
     a client waiting on purpose, not the agent polling.
     """
     deadline = time.monotonic() + timeout
-    with open_spool(settings.spool, settings.state_dir) as spool:
+    with Spool.configured(settings.spool, settings.state_dir) as spool:
         while True:
             state = spool.command_state(command_id)
             if state is not None and state[0] == "done":

@@ -1,15 +1,17 @@
 """Building the components from the config: the only place that knows the concrete sources,
-sinks and devices. Each library is imported here only when the config uses it (pika,
-paho and gpiozero cost memory and start-up time on a Pi Zero)."""
+sinks and devices. Everything is built in dependency order and handed what it needs when it
+is built. Each library is imported here only when the config uses it (pika, paho and
+gpiozero cost memory and start-up time on a Pi Zero)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from relay.backoff import Backoff
-from relay.commands import CommandExecutor
+from relay.commands import Arrivals, CommandExecutor
 from relay.config import (
     AmqpSinkConfig,
+    DeviceConfig,
     GpioDeviceConfig,
     GpioSourceConfig,
     HttpDeviceConfig,
@@ -27,13 +29,25 @@ from relay.sinks import Sink
 from relay.spool import Spool
 
 if TYPE_CHECKING:
-    from relay.sources.mqtt import MqttSource
+    from gpiozero.pins import Factory
+
+    from relay.homeassistant import HaWakeups
+    from relay.mqtt.connection import MqttConnection
 
 
 class Component(Protocol):
     """A long-running part of the agent with its own thread(s)."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def last_error(self) -> str | None:
+        """What is failing now, for systemd's STATUS= (None: nothing)."""
+
+    @property
+    def is_sink(self) -> bool:
+        """A forwarder: its sink's state is in the spool's statistics already."""
 
     def start(self) -> None: ...
 
@@ -52,37 +66,44 @@ def components(settings: Settings, spool: Spool) -> list[Component]:
         Forwarder(build_sink(cfg, metrics), spool, policy(cfg), metrics=metrics)
         for cfg in settings.sinks
     ]
-    built: list[Component] = [*endpoint, *forwarders]
     factory = _pin_factory(settings)
-    mqtt = _mqtt(settings, spool, metrics)
+    commands = bool(
+        settings.devices or settings.commands.mqtt_topic or settings.commands.amqp_queue
+    )
+    arrivals = Arrivals() if commands else None
+    wakeups = _ha_wakeups(settings)
+    mqtt = _mqtt(settings, spool, metrics, arrivals, wakeups)
     devices = {cfg.name: _device(cfg, mqtt, factory) for cfg in settings.devices}
-    executor = None
-    if devices or settings.commands.mqtt_topic or settings.commands.amqp_queue:
-        executor = CommandExecutor(
-            spool,
-            devices,
-            node=settings.node,
-            ttl_s=settings.commands.ttl_s,
-            timeout_s=settings.commands.timeout_s,
-            metrics=metrics,
-        )
+    built: list[Component] = [*endpoint, *forwarders]
     if mqtt is not None:
-        if executor is not None and settings.commands.mqtt_topic:
-            from relay.sources.mqtt_ingest import CommandTopic
-
-            mqtt.commands = CommandTopic(settings.commands.mqtt_topic, executor.received)
         built.append(mqtt)
-        if settings.homeassistant.discovery:
-            from relay.homeassistant import HaDiscovery
+    if mqtt is not None and wakeups is not None:
+        from relay.homeassistant import HaDiscovery
 
-            ha = settings.homeassistant
-            built.append(
-                HaDiscovery(ha, node=settings.node, spool=spool, sinks=forwarders, broker=mqtt)
+        built.append(
+            HaDiscovery(
+                settings.homeassistant,
+                node=settings.node,
+                spool=spool,
+                sinks=forwarders,
+                publisher=mqtt,
+                wakeups=wakeups,
             )
-    if executor is not None:
-        built.append(executor)
+        )
+    if arrivals is None:
+        return [*built, *_gpio(settings, spool, factory)]
+    executor = CommandExecutor(
+        spool,
+        devices,
+        node=settings.node,
+        ttl_s=settings.commands.ttl_s,
+        timeout_s=settings.commands.timeout_s,
+        metrics=metrics,
+        arrivals=arrivals,
+    )
+    built.append(executor)
     queue_url = settings.command_queue_url()
-    if executor is not None and settings.commands.amqp_queue and queue_url:
+    if settings.commands.amqp_queue and queue_url:
         from relay.sources.amqp import AmqpCommandSource
 
         built.append(
@@ -91,17 +112,12 @@ def components(settings: Settings, spool: Spool) -> list[Component]:
                 settings.commands.amqp_queue,
                 spool,
                 node=settings.node,
-                recorded=executor.received,
+                recorded=arrivals.mark,
                 on_outcome=executor.on_outcome,
                 metrics=metrics,
             )
         )
-    gpio = [s for s in settings.sources if isinstance(s, GpioSourceConfig)]
-    if gpio:
-        from relay.sources.gpio import GpioSource
-
-        built.append(GpioSource(gpio, spool, node=settings.node, pin_factory=factory))
-    return built
+    return [*built, *_gpio(settings, spool, factory)]
 
 
 def policy(cfg: SinkConfig) -> Policy:
@@ -111,7 +127,7 @@ def policy(cfg: SinkConfig) -> Policy:
         backoff=Backoff(
             cfg.retry_initial.total_seconds(), cfg.retry_factor, cfg.retry_max.total_seconds()
         ),
-        batch_max=cfg.batch_max if isinstance(cfg, HttpSinkConfig) else cfg.window,
+        batch_max=cfg.batch,
         # A send is bounded by the sink's timeout; a step far past it is a wedged thread.
         stall_s=2 * cfg.timeout_s + 10,
     )
@@ -127,11 +143,9 @@ def build_sink(cfg: SinkConfig, metrics: Metrics = NO_METRICS) -> Sink:
         from relay.sinks.amqp import AmqpSink
 
         return AmqpSink(cfg, metrics=metrics)
-    if isinstance(cfg, RedisSinkConfig):
-        from relay.sinks.redis import RedisSink
+    from relay.sinks.redis import RedisSink
 
-        return RedisSink(cfg, metrics=metrics)
-    raise AssertionError(f"unknown sink type {cfg!r}")
+    return RedisSink(cfg, metrics=metrics)
 
 
 def _metrics(settings: Settings, spool: Spool) -> tuple[Metrics, list[Component]]:
@@ -164,30 +178,53 @@ def _connections(settings: Settings) -> list[str]:
     return names
 
 
-def _mqtt(settings: Settings, spool: Spool, metrics: Metrics = NO_METRICS) -> MqttSource | None:
-    """The one MQTT connection, when anything needs it."""
+def _ha_wakeups(settings: Settings) -> HaWakeups | None:
+    if not settings.homeassistant.discovery:
+        return None
+    from relay.homeassistant import HaWakeups
+
+    return HaWakeups(settings.homeassistant.birth_topic)
+
+
+def _mqtt(
+    settings: Settings,
+    spool: Spool,
+    metrics: Metrics,
+    arrivals: Arrivals | None,
+    wakeups: HaWakeups | None,
+) -> MqttConnection | None:
+    """The one MQTT connection, when anything needs it, with its subscribers."""
     sources = [s for s in settings.sources if isinstance(s, MqttSourceConfig)]
     needs = (
         sources
         or settings.commands.mqtt_topic
         or any(isinstance(d, MqttDeviceConfig) for d in settings.devices)
-        or settings.homeassistant.discovery
+        or wakeups is not None
     )
     if not needs:
         return None
-    from relay.sources.mqtt import MqttSource
+    from relay.mqtt.connection import MqttConnection
+    from relay.mqtt.session import Subscriber
+    from relay.sources.mqtt import MqttCommandSource, MqttSource
 
-    return MqttSource(
+    consumers: list[Subscriber] = [MqttSource(sources, spool, node=settings.node)]
+    if arrivals is not None and settings.commands.mqtt_topic:
+        consumers.append(
+            MqttCommandSource(
+                settings.commands.mqtt_topic, spool, node=settings.node, recorded=arrivals.mark
+            )
+        )
+    return MqttConnection(
         settings.mqtt,
-        sources,
-        spool,
         node=settings.node,
-        metrics=metrics,
+        consumers=consumers,
+        observers=[wakeups] if wakeups is not None else [],
         state_dir=settings.state_dir,
+        metrics=metrics,
     )
 
 
-def _device(cfg: Any, mqtt: MqttSource | None, factory: Any) -> Device:
+def _device(cfg: DeviceConfig, mqtt: MqttConnection | None, factory: Factory | None) -> Device:
     if isinstance(cfg, HttpDeviceConfig):
         from relay.devices.http import HttpDevice
 
@@ -195,16 +232,25 @@ def _device(cfg: Any, mqtt: MqttSource | None, factory: Any) -> Device:
     if isinstance(cfg, MqttDeviceConfig):
         from relay.devices.mqtt import MqttDevice
 
-        assert mqtt is not None
+        assert mqtt is not None  # an MQTT device makes relay connect (see _mqtt)
         return MqttDevice(cfg, mqtt)
-    if isinstance(cfg, GpioDeviceConfig):
-        from relay.devices.gpio import GpioDevice
+    from relay.devices.gpio import GpioDevice
 
-        return GpioDevice(cfg, pin_factory=factory)
-    raise AssertionError(f"unknown device type {cfg!r}")
+    assert factory is not None  # a GPIO device makes relay load a pin factory
+    return GpioDevice(cfg, pin_factory=factory)
 
 
-def _pin_factory(settings: Settings) -> Any:
+def _gpio(settings: Settings, spool: Spool, factory: Factory | None) -> list[Component]:
+    inputs = [s for s in settings.sources if isinstance(s, GpioSourceConfig)]
+    if not inputs:
+        return []
+    from relay.sources.gpio import GpioSource
+
+    assert factory is not None
+    return [GpioSource(inputs, spool, node=settings.node, pin_factory=factory)]
+
+
+def _pin_factory(settings: Settings) -> Factory | None:
     """gpiozero's pin factory named by ``[gpio] pin_factory``, when GPIO is used at all."""
     uses_gpio = any(isinstance(s, GpioSourceConfig) for s in settings.sources) or any(
         isinstance(d, GpioDeviceConfig) for d in settings.devices

@@ -12,6 +12,9 @@ from relay.agent import Agent
 
 
 class Part:
+    is_sink = False
+    last_error = None
+
     def __init__(self, name: str, log: list[str], *, fails: bool = False) -> None:
         self.name, self._log, self._fails = name, log, fails
 
@@ -27,13 +30,10 @@ class Part:
         return True
 
 
-def test_a_failed_start_stops_only_what_started(
-    write_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    agent = Agent(config.load(write_config("")))
+def test_a_failed_start_stops_only_what_started(write_config: Callable[..., Path]) -> None:
     log: list[str] = []
     parts = [Part("a", log), Part("b", log), Part("c", log, fails=True), Part("d", log)]
-    monkeypatch.setattr(agent, "_build", lambda: parts)
+    agent = Agent(config.load(write_config("")), build=lambda settings, spool: list(parts))
     with pytest.raises(RuntimeError, match="c cannot start"):
         agent.start()
     agent.stop()

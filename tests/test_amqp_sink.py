@@ -445,7 +445,7 @@ def test_a_put_just_after_the_lease_is_not_missed(spool: Spool) -> None:
     spool.lease = lease  # type: ignore[method-assign]
     version = spool.version
     assert f.step(0) is Step.IDLE
-    f._idle(version)  # must return at once, without waiting
+    f.sleep(version, None, threading.Event())  # must return at once, without waiting
     assert sink.waits == []
     assert f.step(0) is Step.SENT and sink.batches == [[7]]
 

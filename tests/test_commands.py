@@ -218,7 +218,7 @@ def test_ttl_counts_from_the_monotonic_receive_time(spool: Spool) -> None:
     spool.record_command(cmd("c", age=10_000_000))
     lamp = FakeDevice()
     ex = executor(spool, lamp)
-    ex.received("c")
+    ex.arrivals.mark("c")
     run_all(ex)
     assert lamp.calls == [("c", "on")]
 

@@ -20,7 +20,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from relay.commands import CommandExecutor
-from relay.sources.mqtt import MqttSource
+from relay.mqtt.connection import MqttConnection
 from relay.spool import COMMAND_REJECTS, Spool
 from tests.helpers.agent import running_agent, wait_for
 from tests.helpers.commands import executed, outcomes
@@ -48,8 +48,8 @@ def cli(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def parts(agent: Any) -> tuple[MqttSource, CommandExecutor]:
-    mqtt_source = next(c for c in agent.components if isinstance(c, MqttSource))
+def parts(agent: Any) -> tuple[MqttConnection, CommandExecutor]:
+    mqtt_source = next(c for c in agent.components if isinstance(c, MqttConnection))
     executor = next(c for c in agent.components if isinstance(c, CommandExecutor))
     wait_for(mqtt_source.subscribed.is_set, 10, "the command subscription")
     return mqtt_source, executor

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ from relay.backoff import Backoff
 from relay.errors import PermanentError, SendError, TransientError
 from relay.event import Event
 from relay.forwarder import Forwarder, Policy, Step
-from relay.spool import Spool, writer
+from relay.spool import Spool
 from tests.helpers.agent import wait_for
 
 
@@ -224,15 +225,18 @@ def test_run_wakes_on_put_and_stops(spool: Spool) -> None:
     assert steps.count(Step.IDLE) <= 3, steps
 
 
-def test_the_last_ack_of_a_drain_is_committed_at_once(
-    spool: Spool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """While draining, acks gather in the spool (up to ACK_DELAY_S) to share commits; once
-    the forwarder finds nothing more to send it acks without gathering, so the queue shows
+def test_the_last_ack_of_a_drain_is_committed_at_once(tmp_path: Path) -> None:
+    """While draining, acks gather in the spool (up to its ack_delay) to share commits; once
+    the forwarder finds nothing more to send it has them committed, so the queue shows
     empty at once (relay status, metrics, Home Assistant), not a delay later."""
-    monkeypatch.setattr(writer, "ACK_DELAY_S", 60)  # a gathered ack would sit for a minute
-    sink = FakeSink()
-    f = make(spool, sink)
-    put(spool, 1, 2, 3)
-    assert drain(f) == [Step.SENT, Step.SENT, Step.SENT, Step.IDLE]
-    wait_for(lambda: spool.stats().sinks[0].depth == 0, 10, "the acks committed")
+    # A gathered ack would sit for a minute.
+    with Spool.open(tmp_path, durability="normal", ack_delay=60) as spool:
+        spool.register_sinks(["fake"])
+        sink = FakeSink()
+        f = make(spool, sink)
+        put(spool, 1, 2, 3)
+        assert drain(f) == [Step.SENT, Step.SENT, Step.SENT, Step.IDLE]
+        wait_for(lambda: spool.stats().sinks[0].depth == 0, 10, "the acks committed")
+        # What relay status, another process, reads: the file itself.
+        with sqlite3.connect(tmp_path / "spool.db") as other:
+            assert other.execute("SELECT cursor FROM sinks").fetchone()[0] == 3

@@ -21,9 +21,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from relay import config
 from relay.config import HomeAssistantConfig
-from relay.errors import ConfigError, DeviceUnavailable
+from relay.errors import ConfigError, NotConnected
 from relay.event import Event
-from relay.homeassistant import HaDiscovery, Topics, discovery_config
+from relay.homeassistant import HaDiscovery, HaWakeups, Topics, discovery_config
+from relay.logonce import LogOnce
+from relay.mqtt import Message, Session
 from relay.spool import Spool
 from tests.helpers.agent import running_agent, spool_of, wait_for
 from tests.helpers.common import need_service
@@ -34,40 +36,49 @@ WALL = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 CONFIG_TOPIC = "homeassistant/device/relay_hall_pi/config"
 STATE_TOPIC = "relay/hall.pi/sinks/cloud"
 ENTITIES = ("depth", "dead_letters", "oldest_age", "last_delivery", "connected")
+SESSION = Session(
+    lambda mid, qos: None,
+    lambda: None,
+    resumed=False,
+    lock=threading.Lock(),
+    refused=LogOnce(),
+    on_hand_back=lambda reason: None,
+)
 
 
 # ------------------------------------------------------------------ in memory
 
 
 class FakeBroker:
-    """The MQTT connection's twin: records publishes, calls the listeners when told."""
+    """The MQTT connection's twin: records publishes, and tells the wakeups what the
+    connection would (a new connection, a message on the birth topic)."""
 
     status_topic = "relay/hall.pi/status"
 
-    def __init__(self) -> None:
+    def __init__(self, wakeups: HaWakeups) -> None:
         self.up = True
         self.sent: list[tuple[str, bytes, bool]] = []
-        self.listeners: dict[str, Callable[[bytes], None]] = {}
-        self.connect_listeners: list[Callable[[], None]] = []
+        self.wakeups = wakeups
 
     def publish(
         self, topic: str, payload: bytes, *, qos: int, retain: bool, timeout: float
     ) -> None:
         assert qos == 1
         if not self.up:
-            raise DeviceUnavailable("not connected to the MQTT broker")
+            raise NotConnected("not connected to the MQTT broker")
         self.sent.append((topic, payload, retain))
 
-    def listen(self, topic: str, callback: Callable[[bytes], None]) -> None:
-        self.listeners[topic] = callback
-
-    def add_connect_listener(self, callback: Callable[[], None]) -> None:
-        self.connect_listeners.append(callback)
+    def connected(self) -> None:
+        """A CONNACK came (the link may drop again right after)."""
+        self.wakeups.on_connect(SESSION)
 
     def connect(self) -> None:
         self.up = True
-        for callback in self.connect_listeners:
-            callback()
+        self.connected()
+
+    def birth(self, payload: bytes) -> None:
+        topic = self.wakeups.birth_topic.encode()
+        self.wakeups.on_message(Message(topic, payload, 0, 0, False, False, SESSION))
 
     def states(self) -> list[dict[str, Any]]:
         return [json.loads(p) for t, p, _ in self.sent if t == STATE_TOPIC]
@@ -106,10 +117,17 @@ class Rig:
 def rig(tmp_path: Path) -> Iterator[Rig]:
     spool = Spool.open(tmp_path, durability="memory")
     spool.register_sinks(["cloud"])
-    broker, view = FakeBroker(), View("cloud")
     cfg = HomeAssistantConfig(discovery=True, min_interval=timedelta(seconds=10))
+    wakeups = HaWakeups(cfg.birth_topic)
+    broker, view = FakeBroker(wakeups), View("cloud")
     ha = HaDiscovery(
-        cfg, node="hall.pi", spool=spool, sinks=[view], broker=broker, wall=lambda: WALL
+        cfg,
+        node="hall.pi",
+        spool=spool,
+        sinks=[view],
+        publisher=broker,
+        wakeups=wakeups,
+        wall=lambda: WALL,
     )
     unsubscribe = spool.on_change(ha._on_change)  # what start() subscribes, minus the thread
     yield Rig(ha, broker, spool, view)
@@ -230,7 +248,7 @@ def test_home_assistant_coming_online_gets_everything_again(rig: Rig) -> None:
     rig.broker.connect()
     rig.ha.step(0.0)
     rig.broker.take()
-    birth = rig.broker.listeners["homeassistant/status"]
+    birth = rig.broker.birth
     birth(b"offline")  # its last will: nothing to do
     assert rig.ha.step(1.0) is None and rig.broker.take() == []
     birth(b"online")
@@ -240,7 +258,7 @@ def test_home_assistant_coming_online_gets_everything_again(rig: Rig) -> None:
 
 def test_while_disconnected_nothing_is_retried_until_the_next_connection(rig: Rig) -> None:
     rig.broker.up = False
-    rig.broker.connect_listeners[0]()  # paho said connected, and the link dropped again
+    rig.broker.connected()  # paho said connected, and the link dropped again
     assert rig.ha.step(0.0) is None  # no timer: the next connection announces
     assert rig.ha.last_error == "not connected to the MQTT broker"
     rig.broker.connect()

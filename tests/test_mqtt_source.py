@@ -16,9 +16,12 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from relay.agent import Agent
 from relay.config import MqttConfig, MqttSourceConfig
+from relay.mqtt.connection import MqttConnection
 from relay.sources.mqtt import MqttSource
 from relay.spool import INGEST_REJECTS, Spool
 from tests.helpers.agent import running_agent, wait_for
@@ -51,9 +54,8 @@ def mqtt_config(port: int, topic: str, client_id: str, extra: str = "", source: 
 def subscribed(agent: Agent) -> None:
     """Wait until the broker confirmed the source's subscriptions: what is published
     before that has no subscriber to be queued for."""
-    source = agent.components[-1]
-    assert isinstance(source, MqttSource)
-    wait_for(source.subscribed.is_set, 10, "the subscription")
+    connection = next(c for c in agent.components if isinstance(c, MqttConnection))
+    wait_for(connection.subscribed.is_set, 10, "the subscription")
 
 
 def numbers(state_dir: Path, topic: str) -> list[int]:
@@ -294,12 +296,18 @@ def test_bad_payloads_do_not_hurt(
 def test_topic_that_is_not_utf8_is_dead_lettered(tmp_path: Path) -> None:
     """Mosquitto refuses such topics itself, so this one is fed at paho's own seam."""
     with Spool.open(tmp_path, durability="memory") as spool:
-        source = MqttSource(
-            MqttConfig(), [MqttSourceConfig(type="mqtt", topics=["#"])], spool, node="n"
+        source = MqttSource([MqttSourceConfig(type="mqtt", topics=["#"])], spool, node="n")
+        connection = MqttConnection(MqttConfig(), node="n", consumers=[source])
+        connection._on_connect(
+            connection._client,
+            None,
+            mqtt.ConnectFlags(False),
+            ReasonCode(PacketTypes.CONNACK),
+            None,
         )
         msg = mqtt.MQTTMessage(mid=0, topic=b"home/\xffbad")
         msg.payload = b"x"
-        source._on_message(source._client, None, msg)
+        connection._on_message(connection._client, None, msg)
         spool.sync()
         [dl] = spool.dead_letters(INGEST_REJECTS)
     assert dl.reason == "topic is not UTF-8"

@@ -31,7 +31,8 @@ with Spool.open(Path(sys.argv[1]), durability=sys.argv[2]) as spool:
         spool.put(Event.new(node="n", source="test", name="door", payload=n))
     mark("ACKS")
     for seq in range(1, {N} + 1):
-        spool.ack("cloud", seq)  # waits for its commit
+        spool.ack("cloud", seq)
+        spool.sync()  # its commit, now
     mark("PUT")
     spool.put(Event.new(node="n", source="test", name="door", payload="last"))
     mark("END")

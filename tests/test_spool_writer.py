@@ -14,17 +14,19 @@ import pytest
 
 from relay.errors import SpoolClosed, SpoolError
 from relay.event import Event
-from relay.spool import file, writer
+from relay.spool import file
 from relay.spool.txn import Txn
-from relay.spool.writer import Writer
+from relay.spool.writer import ACK_DELAY_S, Writer
 
 
 class Harness:
-    def __init__(self) -> None:
+    def __init__(self, ack_delay: float = ACK_DELAY_S) -> None:
         self.conn = file.open_memory()
         self.lock = threading.Lock()
         self.committed: list[Txn] = []
-        self.writer = Writer(self.conn, self.lock, self.txn, self.committed.append)
+        self.writer = Writer(
+            self.conn, self.lock, self.txn, self.committed.append, ack_delay=ack_delay
+        )
 
     def txn(self, c: sqlite3.Cursor) -> Txn:
         return Txn(c, max_bytes=10**9, when_full="reject", now=0.0)
@@ -35,8 +37,8 @@ class Harness:
 
 
 @pytest.fixture
-def h() -> Iterator[Harness]:
-    harness = Harness()
+def h(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    harness = Harness(getattr(request, "param", ACK_DELAY_S))
     yield harness
     harness.writer.stop()
     harness.writer.join()
@@ -100,13 +102,11 @@ def test_stop_answers_what_was_queued_and_refuses_the_rest(h: Harness) -> None:
         h.writer.submit(lambda t: None, lambda r, e: None)
 
 
-def test_acks_nobody_waits_for_gather_into_one_commit(
-    h: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Gathering writes (relaxed, no waiter: a draining forwarder's ack) submitted one at a time,
-    as a forwarder drains, wait up to ACK_DELAY_S for company: a handful of commits, not one
+@pytest.mark.parametrize("h", [0.5], indirect=True)
+def test_acks_nobody_waits_for_gather_into_one_commit(h: Harness) -> None:
+    """Acks (relaxed, no waiter: a draining forwarder's) submitted one at a time, as a
+    forwarder drains, wait up to ack_delay for company: a handful of commits, not one
     each."""
-    monkeypatch.setattr(writer, "ACK_DELAY_S", 0.5)
     done = threading.Event()
     replies: list[int] = []
 
@@ -116,21 +116,21 @@ def test_acks_nobody_waits_for_gather_into_one_commit(
             done.set()
 
     for _ in range(50):
-        h.writer.submit(lambda t: None, reply, relaxed=True, gather=True)
+        h.writer.ack(lambda t: None, reply)
         time.sleep(0.001)
     assert done.wait(10)
     assert len(h.committed) <= 5, f"{len(h.committed)} commits for 50 acks"
 
 
-def test_anything_else_ends_the_wait(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("h", [60], indirect=True)  # a held write would hang the test
+def test_anything_else_ends_the_wait(h: Harness) -> None:
     """A put behind a gathering ack is committed at once, and the ack with it; a relaxed
-    write that someone waits for (spool.ack(wait=True)) is never held either."""
-    monkeypatch.setattr(writer, "ACK_DELAY_S", 60)  # a held write would hang the test
+    write that someone waits for (sync) is never held either."""
     acked = threading.Event()
-    h.writer.submit(lambda t: None, lambda r, e: acked.set(), relaxed=True, gather=True)
+    h.writer.ack(lambda t: None, lambda r, e: acked.set())
     h.writer.call(lambda t: t.insert([ev(1)]))
     assert acked.is_set() and h.rows() == 1
     assert len(h.committed) == 1  # one commit for both
     for _ in range(3):
-        h.writer.call(lambda t: None, relaxed=True)
+        h.writer.sync()
     assert len(h.committed) == 4

@@ -1,4 +1,5 @@
-"""The config file of DESIGN.md, read by pydantic-settings: one model per component.
+"""The config file (a public interface: users' files must keep working), read by
+pydantic-settings: one model per component.
 
 Lookup: ``--config PATH``, else ``$RELAY_CONFIG``, else ``/etc/relay.toml``. Environment
 variables override the file (``RELAY_`` prefix, ``__`` between levels, so

@@ -34,6 +34,11 @@ class HttpSinkConfig(SinkBase):
     key_file: OptionalPath = None
     batch_max: int = Field(1, ge=1, le=10_000)
 
+    @property
+    def batch(self) -> int:
+        """Events one send may carry (a JSON array of them)."""
+        return self.batch_max
+
     @field_validator("url")
     @classmethod
     def _http_url(cls, url: str) -> str:
@@ -56,6 +61,11 @@ class AmqpSinkConfig(SinkBase):
     window: int = Field(100, ge=1, le=10_000)
     heartbeat_s: int = Field(30, ge=0, le=600)
     timeout_s: float = Field(30.0, gt=0)
+
+    @property
+    def batch(self) -> int:
+        """Events one send may carry (published, then confirmed together)."""
+        return self.window
 
     @field_validator("url")
     @classmethod
@@ -93,6 +103,11 @@ class RedisSinkConfig(SinkBase):
     ca_file: OptionalPath = None
     window: int = Field(100, ge=1, le=10_000)
     timeout_s: float = Field(10.0, gt=0)
+
+    @property
+    def batch(self) -> int:
+        """Events one send may carry (XADDs pipelined in one round trip)."""
+        return self.window
 
     @field_validator("url")
     @classmethod

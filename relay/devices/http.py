@@ -13,11 +13,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from relay import __version__
+from relay import http_client
 from relay.config import HttpDeviceConfig
 from relay.devices import render
 from relay.errors import DeviceError, DeviceUnavailable
-from relay.httpx_deadline import Deadline
+from relay.http_client import Deadline
 
 
 class HttpDevice:
@@ -29,12 +29,8 @@ class HttpDevice:
         self._cfg = cfg
         self._where = urlsplit(cfg.url).netloc
         self._deadline = Deadline(f"device-{cfg.name}")
-        self._client = httpx.Client(
-            transport=transport,
-            timeout=httpx.Timeout(cfg.timeout_s),
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-            headers={"User-Agent": f"relay/{__version__}", **cfg.headers, **_bearer(cfg)},
-            follow_redirects=False,
+        self._client = http_client.client(
+            timeout=cfg.timeout_s, headers={**cfg.headers, **_bearer(cfg)}, transport=transport
         )
 
     def run(self, action: str, args: Mapping[str, Any], *, command_id: str, timeout: float) -> None:

@@ -57,6 +57,8 @@ class MetricsServer:
     """
 
     name = "metrics"
+    is_sink = False
+    last_error: str | None = None
 
     def __init__(self, address: tuple[str, int], registry: CollectorRegistry) -> None:
         self.host, self.port = address

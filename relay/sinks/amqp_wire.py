@@ -1,6 +1,6 @@
 """What the AMQP sink hands pika and reads back from it: connection parameters (URL,
-heartbeat, timeouts, TLS), the properties each event is published with (DESIGN.md), and the
-reason buried in pika's nested exceptions. Pure functions: no connection, no I/O.
+heartbeat, timeouts, TLS), the properties each event is published with, and the reason
+buried in pika's nested exceptions. Pure functions: no connection, no I/O.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def parameters(cfg: AmqpSinkConfig) -> Any:
 
 
 def properties(event: Event) -> Any:
-    """The AMQP properties relay publishes ``event`` with (DESIGN.md)."""
+    """The AMQP properties relay publishes ``event`` with: ``message_id`` = the event id
+    (receivers dedupe on it), persistent, JSON."""
     return pika.BasicProperties(
         content_type="application/json",
         delivery_mode=2,

@@ -1,7 +1,7 @@
 """The Redis Streams sink: append each event to a stream with XADD, a window per round trip.
 
 Each event becomes one stream entry with two fields: ``id``, the event id (the dedupe key
-of DESIGN.md P2), and ``event``, the event's JSON exactly as the HTTP sink POSTs one event.
+receivers dedupe on), and ``event``, the event's JSON exactly as the HTTP sink POSTs one event.
 The entry ID is Redis's own (``*``: milliseconds-sequence, increasing), so the stream's order
 is the order of the XADDs. With ``maxlen``, every XADD trims with ``MAXLEN ~ maxlen``
 (approximate: Redis drops whole nodes, cheaply, and keeps at least ``maxlen`` entries).

@@ -1,6 +1,6 @@
 """Device commands from an AMQP queue, on pika's BlockingConnection in its own thread.
 
-The seed's RabbitMQ worker pattern: prefetch 1, and a message is acked only after its
+RabbitMQ's work-queue pattern: prefetch 1, and a message is acked only after its
 command has an outcome, so a command in progress when relay dies is delivered again. The
 redelivery is then recognised by its id (the spool recorded it, and the restart marked it
 ``interrupted``) and acked without running it twice.
@@ -29,8 +29,10 @@ from relay.backoff import Backoff
 from relay.config import mask_url
 from relay.errors import SpoolError
 from relay.event import Command, Event
+from relay.logonce import LogOnce
 from relay.metrics import COMMAND_QUEUE, NO_METRICS, Metrics
-from relay.spool import COMMAND_REJECTS, Spool
+from relay.sources import Intake
+from relay.spool import COMMAND_REJECTS
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +46,13 @@ OnOutcome = Callable[[str, Callable[[str, str | None], None]], None]
 
 class AmqpCommandSource:
     name = "amqp-commands"
+    is_sink = False
 
     def __init__(
         self,
         url: str,
         queue: str,
-        spool: Spool,
+        spool: Intake,
         *,
         node: str,
         recorded: Recorded,
@@ -61,7 +64,7 @@ class AmqpCommandSource:
         self.spool = spool
         self.node = node
         self.connected = threading.Event()
-        self.last_error: str | None = None
+        self._failing = LogOnce(settle_s=0)  # the link fails: one line, not one per retry
         self._url = url
         self._recorded = recorded
         self._on_outcome = on_outcome
@@ -89,6 +92,10 @@ class AmqpCommandSource:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def last_error(self) -> str | None:
+        return self._failing.reason
+
     # ---------------------------------------------------------------- this thread
 
     def _run(self) -> None:
@@ -101,9 +108,8 @@ class AmqpCommandSource:
                 failures += 1
                 delay = RECONNECT.delay(failures, self._rng)
                 error = f"command queue {self.queue} on {mask_url(self._url)}: {exc!r}"
-                if error != self.last_error:
+                if self._failing.failed(error):
                     log.warning("amqp: %s; reconnecting in %.1fs", error, delay)
-                self.last_error = error
                 self._stop.wait(delay)
             finally:
                 self._close()
@@ -118,7 +124,7 @@ class AmqpCommandSource:
         self._channel.queue_declare(self.queue, durable=True)
         self._channel.basic_consume(self.queue, self._on_message, auto_ack=False)
         self.connected.set()
-        self.last_error = None
+        self._failing.succeeded()
         self._metrics.connected(COMMAND_QUEUE)
         log.info("amqp: consuming commands from %s", self.queue)
         if self._stop.is_set():  # stop() came before there was a connection to wake

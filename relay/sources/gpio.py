@@ -25,7 +25,7 @@ from gpiozero.pins import Factory
 from relay.config import GpioSourceConfig
 from relay.errors import SpoolError
 from relay.event import Event
-from relay.spool import Spool
+from relay.sources import Intake
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,11 @@ class _Input:
 
 class GpioSource:
     name = "gpio"
+    is_sink = False
+    last_error: str | None = None  # a lost edge is logged (and counted in ``lost``)
 
     def __init__(
-        self, cfgs: list[GpioSourceConfig], spool: Spool, *, node: str, pin_factory: Factory
+        self, cfgs: list[GpioSourceConfig], spool: Intake, *, node: str, pin_factory: Factory
     ) -> None:
         self.cfgs = cfgs
         self.spool = spool

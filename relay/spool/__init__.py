@@ -15,20 +15,21 @@ processes (``relay push``, ``relay dlq``) open the same file; SQLite's locks and
 IMMEDIATE`` serialise the writers, and the byte count lives in the file so the cap holds
 across them.
 
+    schema.py    every table, the migrations, and the SQL fragments reads and writes share
     model.py     what the spool hands out (records, leases, dead letters, stats)
-    file.py      the file: schema, migrations, pragmas, corrupt-file handling
-    txn.py       the writes, inside one group-commit transaction
-    commands.py  the device-command queue's writes and reads
-    writer.py    the writer thread: the bounded operation queue and group commit
+    file.py      the file: opening it, pragmas, free space, corrupt-file handling
+    reads.py     every read: sink rows and pending events, dead letters, commands, stats
+    txn.py       every write (events, acks, retries, dead letters, commands), inside one
+                 group-commit transaction
+    writer.py    the writer thread: the bounded operation queue, group commit, acks
+    inbox.py     the writer's queue
     changes.py   the wake-ups: version counters, waits and subscriptions
-    stats.py     the statistics ``relay status`` shows
     spool.py     the thread-safe ``Spool`` that composes them: the public API
 """
 
 from relay.spool.model import (
     COMMAND_REJECTS,
     INGEST_REJECTS,
-    ROW_OVERHEAD,
     Chain,
     DeadLetter,
     Done,
@@ -39,6 +40,7 @@ from relay.spool.model import (
     SpoolStats,
     WhenFull,
 )
+from relay.spool.schema import ROW_OVERHEAD
 from relay.spool.spool import Spool
 
 __all__ = [

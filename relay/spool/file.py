@@ -1,4 +1,5 @@
-"""The spool file on disk: schema and migrations, pragmas, and what to do with a bad file."""
+"""The spool file on disk: opening it, its pragmas, free space, and what to do with a bad
+file. Its tables are ``relay.spool.schema``'s."""
 
 from __future__ import annotations
 
@@ -9,12 +10,11 @@ import time
 from pathlib import Path
 
 from relay.errors import SpoolError
-from relay.spool import commands
 from relay.spool.model import Durability
+from relay.spool.schema import migrate
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
 # SQLite checkpoints the WAL into the database once it holds 1000 pages (~4 MB); until then
 # it only grows. With less room than that on the disk, the WAL alone can fill it, and then
 # its pages cannot be copied back (the database file would have to grow): no commit would
@@ -22,46 +22,6 @@ SCHEMA_VERSION = 2
 # checkpointed every LOW_SPACE_PAGES pages instead.
 LOW_SPACE = 16 * 1024 * 1024
 LOW_SPACE_PAGES = 16
-MIGRATIONS: dict[int, list[str]] = {
-    # The statements that take user_version N to N + 1.
-    0: [
-        # seq is AUTOINCREMENT so that a number is never reused once rows were deleted: a
-        # sink's cursor must never point past an event that arrives later.
-        """CREATE TABLE events (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            id TEXT NOT NULL,
-            body BLOB NOT NULL,
-            spooled_at REAL NOT NULL,
-            sink TEXT
-        )""",
-        # Replays (relay dlq retry) are rare rows for one sink; this keeps finding them cheap.
-        "CREATE INDEX events_replays ON events (sink, seq) WHERE sink IS NOT NULL",
-        """CREATE TABLE sinks (
-            name TEXT PRIMARY KEY,
-            cursor INTEGER NOT NULL,
-            head_seq INTEGER NOT NULL DEFAULT 0,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            failures INTEGER NOT NULL DEFAULT 0,
-            last_error TEXT,
-            last_error_at REAL,
-            delivered INTEGER NOT NULL DEFAULT 0,
-            dead INTEGER NOT NULL DEFAULT 0
-        )""",
-        """CREATE TABLE dead_letters (
-            sink TEXT NOT NULL,
-            seq INTEGER NOT NULL,
-            id TEXT NOT NULL,
-            body BLOB NOT NULL,
-            reason TEXT NOT NULL,
-            attempts INTEGER NOT NULL,
-            dead_at REAL NOT NULL,
-            PRIMARY KEY (sink, seq)
-        )""",
-        "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
-        "INSERT INTO meta VALUES ('bytes', 0), ('dropped', 0), ('sinks_seen', 0)",
-    ],
-    1: commands.MIGRATION,
-}
 
 
 def open_file(path: Path, durability: Durability, *, check: bool) -> sqlite3.Connection:
@@ -143,21 +103,6 @@ def open_memory() -> sqlite3.Connection:
     conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
     migrate(conn)
     return conn
-
-
-def migrate(conn: sqlite3.Connection) -> None:
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise sqlite3.DatabaseError(
-            f"schema version {version} is newer than this relay understands ({SCHEMA_VERSION})"
-        )
-    while version < SCHEMA_VERSION:
-        conn.execute("BEGIN IMMEDIATE")
-        for statement in MIGRATIONS[version]:
-            conn.execute(statement)
-        version += 1
-        conn.execute(f"PRAGMA user_version={version}")
-        conn.execute("COMMIT")
 
 
 def _connect(path: Path) -> sqlite3.Connection:

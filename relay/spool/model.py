@@ -25,13 +25,24 @@ class Chain:
         self.broken: SpoolError | None = None
 
 
-# Bytes charged per row on top of its body (keys, record header, index entry), so that the
-# size cap tracks the file and not only the payloads.
-ROW_OVERHEAD = 64
-
 # Dead letters that belong to no sink (neither is a valid sink name, so none can clash):
 INGEST_REJECTS = "@ingest"  # messages refused at the door (over max_payload, topic not UTF-8)
 COMMAND_REJECTS = "@commands"  # device commands that cannot be understood (MQTT, AMQP)
+
+
+@dataclass(frozen=True)
+class SinkRow:
+    """A sink's row: its cursor, and the failure counters of the event at ``head_seq``."""
+
+    cursor: int
+    head_seq: int
+    attempts: int
+    failures: int
+
+    def counters_for(self, seq: int) -> tuple[int, int]:
+        """(attempts, failures) of event ``seq``: the counters belong to one head, and for
+        any other event (the head moved on) they start from zero."""
+        return (self.attempts, self.failures) if seq == self.head_seq else (0, 0)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The ``Spool`` object: the thread-safe front of the spool file.
 
-Writes go through its :class:`~relay.spool.writer.Writer`; reads use a connection of their own."""
+Writes go through its :class:`~relay.spool.writer.Writer`; reads (``relay.spool.reads``) use
+a connection of their own."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from relay.config import SpoolConfig
 from relay.errors import SpoolClosed, SpoolError
 from relay.event import Command, Event
-from relay.spool import commands, file
+from relay.spool import file, reads
 from relay.spool.changes import Changes
 from relay.spool.model import (
     Chain,
@@ -26,15 +28,10 @@ from relay.spool.model import (
     Tallies,
     WhenFull,
 )
-from relay.spool.stats import spool_stats, tallies
-from relay.spool.txn import PENDING, Txn, dl_filter
-from relay.spool.writer import Writer
+from relay.spool.txn import Txn
+from relay.spool.writer import ACK_DELAY_S, Writer
 
 log = logging.getLogger("relay.spool")
-
-
-def _ignore(result: object, error: SpoolError | None) -> None:
-    """For writes nobody waits for: the writer has logged any failure already."""
 
 
 class Spool:
@@ -49,6 +46,7 @@ class Spool:
         durability: Durability,
         max_bytes: int,
         when_full: WhenFull,
+        ack_delay: float = ACK_DELAY_S,
     ) -> None:
         self.path = path
         self.durability = durability
@@ -63,7 +61,12 @@ class Spool:
         self._rlock = threading.Lock() if reader is not None else self._lock
         self._changes = Changes()
         self._last_drop_log = float("-inf")
-        self._writer = Writer(conn, self._lock, self._new_txn, self._on_committed)
+        # Per sink, the cursor acked by this process, committed or not yet: reads start past
+        # it. Only the sink's forwarder acks, so each key has one writer.
+        self._acked: dict[str, int] = {}
+        self._writer = Writer(
+            conn, self._lock, self._new_txn, self._on_committed, ack_delay=ack_delay
+        )
 
     @classmethod
     def open(
@@ -74,17 +77,24 @@ class Spool:
         max_bytes: int = 256_000_000,
         when_full: WhenFull = "reject",
         check: bool = False,
+        ack_delay: float = ACK_DELAY_S,
     ) -> Spool:
         """Open (creating if needed) ``<state_dir>/spool.db``; ``SpoolError`` if it cannot.
 
         ``check`` (the agent sets it) runs ``PRAGMA quick_check`` and moves a corrupt file
-        aside, so that a damaged file never becomes a crash loop.
+        aside, so that a damaged file never becomes a crash loop. ``ack_delay``: how long
+        acks may wait for company (see :meth:`ack`).
         """
         if durability == "memory":
             log.warning('spool durability is "memory": queued events are lost when relay stops')
             conn = file.open_memory()
             return cls(
-                conn, path=None, durability=durability, max_bytes=max_bytes, when_full=when_full
+                conn,
+                path=None,
+                durability=durability,
+                max_bytes=max_bytes,
+                when_full=when_full,
+                ack_delay=ack_delay,
             )
         path = state_dir / "spool.db"
         conn = file.open_file(path, durability, check=check)
@@ -95,6 +105,25 @@ class Spool:
             durability=durability,
             max_bytes=max_bytes,
             when_full=when_full,
+            ack_delay=ack_delay,
+        )
+
+    @classmethod
+    def configured(cls, cfg: SpoolConfig, state_dir: Path, *, agent: bool = False) -> Spool:
+        """The spool as ``[spool]`` configures it: for the agent (``agent``: the integrity
+        check at open), or for a short-lived tool (``relay push``, ``status``, ``dlq``),
+        which cannot reach a spool held in the agent's memory."""
+        if cfg.durability == "memory" and not agent:
+            raise SpoolError(
+                'spool durability is "memory": only the running agent holds the queue, so '
+                "this command cannot reach it"
+            )
+        return cls.open(
+            state_dir,
+            durability=cfg.durability,
+            max_bytes=int(cfg.max_size),
+            when_full=cfg.when_full,
+            check=agent,
         )
 
     def close(self) -> None:
@@ -167,8 +196,9 @@ class Spool:
         self._writer.submit(lambda t: t.reject(sink, event, reason), lambda _, error: done(error))
 
     def sync(self) -> None:
-        """Return once every write queued before this call is committed and reported."""
-        self._writer.call(lambda t: None)
+        """Return once every write queued before this call is committed and reported (acks
+        waiting for company included)."""
+        self._writer.sync()
 
     # ---------------------------------------------------------------- sinks
 
@@ -182,25 +212,13 @@ class Spool:
         names = list(names)
         self._writer.call(lambda t: t.register(names))
 
-    def lease(self, sink: str, limit: int = 1, *, after: int = 0) -> Lease:
-        """The first ``limit`` events after ``sink``'s cursor, oldest first (maybe none).
-
-        ``after``: a seq the caller has acked without waiting for the commit; the lease
-        starts past it even if that ack is not in the file yet.
-        """
+    def lease(self, sink: str, limit: int = 1) -> Lease:
+        """The first ``limit`` events after ``sink``'s cursor, oldest first (maybe none)."""
         with self._rlock:
             self._check_open()
-            row = self._rconn.execute(
-                "SELECT cursor, head_seq, attempts, failures FROM sinks WHERE name=?", (sink,)
-            ).fetchone()
-            if row is None:
-                raise SpoolError(f"unknown sink {sink!r}")
-            cursor, head_seq, attempts, failures = row
-            cursor = max(cursor, after)
-            rows = self._rconn.execute(
-                f"SELECT seq, body, spooled_at {PENDING} ORDER BY seq LIMIT ?",
-                (cursor, sink, limit),
-            ).fetchall()
+            row = reads.sink_row(self._rconn, sink)
+            cursor = max(row.cursor, self._acked.get(sink, 0))
+            rows = reads.pending(self._rconn, sink, cursor, limit)
         records = []
         for seq, body, spooled_at in rows:
             try:
@@ -213,27 +231,20 @@ class Spool:
                     "sink %s: spool row %d is not a valid event: dead-lettering it", sink, seq
                 )
                 self.dead_letter(sink, seq, "spool row is not a valid event")
-                return self.lease(sink, limit, after=after)
-        if not records or records[0].seq != head_seq:
-            attempts = failures = 0  # the counters were about an earlier head
+                return self.lease(sink, limit)
+        attempts, failures = row.counters_for(records[0].seq) if records else (0, 0)
         return Lease(sink, records, attempts, failures)
 
-    def ack(self, sink: str, upto_seq: int, *, wait: bool = True, gather: bool = False) -> None:
-        """Mark ``sink``'s events up to ``upto_seq`` delivered.
+    def ack(self, sink: str, upto_seq: int) -> None:
+        """Mark ``sink``'s events up to ``upto_seq`` delivered, and return at once.
 
-        With ``wait`` it returns once committed. Without, it returns at once: the caller
-        leases with ``after=upto_seq`` meanwhile. An ack lost to a crash only means those
-        events are sent again, which at-least-once allows; so it is committed without an
-        fsync of its own (a relaxed write, see ``relay.spool.writer``). With ``gather`` (and
-        not ``wait``) it may wait up to 100 ms for the caller's next acks to share a commit:
-        the caller acks again without ``gather`` once it has nothing more to send.
+        From now on this spool's leases and statistics start past them; the file records it
+        in a commit at most ``ack_delay`` later (sooner when anything else is written, or on
+        :meth:`sync`). That commit is not fsync'd: an ack lost to a crash or a power cut only
+        means its events are sent again, which at-least-once allows.
         """
-        if wait:
-            self._writer.call(lambda t: t.ack(sink, upto_seq), relaxed=True)
-        else:
-            self._writer.submit(
-                lambda t: t.ack(sink, upto_seq), _ignore, relaxed=True, gather=gather
-            )
+        self._acked[sink] = max(self._acked.get(sink, 0), upto_seq)
+        self._writer.ack(lambda t: t.ack(sink, upto_seq))
 
     def retry(self, sink: str, seq: int, error: str, *, permanent: bool) -> tuple[int, int]:
         """Record a failed attempt at ``sink``'s head ``seq``; returns (attempts, failures)."""
@@ -247,55 +258,49 @@ class Spool:
 
     def record_command(self, cmd: Command) -> bool:
         """Queue a device command once committed; False if its id was seen before."""
-        return self._writer.call(lambda t: commands.record(t, cmd))
+        return self._writer.call(lambda t: t.record_command(cmd))
 
     def record_command_async(
         self, cmd: Command, done: Callable[[bool | None, SpoolError | None], None]
     ) -> None:
         """As :meth:`record_command`, reporting ``done(recorded, error)`` after the commit
         (on the writer thread: ``done`` must be quick and must not call the spool)."""
-        self._writer.submit(lambda t: commands.record(t, cmd), done)
+        self._writer.submit(lambda t: t.record_command(cmd), done)
 
     def start_command(self, command_id: str) -> None:
         """Mark it running, committed: from now on a crash makes it ``interrupted``."""
-        self._writer.call(lambda t: commands.start(t, command_id))
+        self._writer.call(lambda t: t.start_command(command_id))
 
     def finish_command(
         self, command_id: str, status: str, error: str | None, outcome: Event
     ) -> None:
         """Mark it done and store its outcome event, in one commit."""
-        self._writer.call(lambda t: commands.finish(t, command_id, status, error, outcome))
+        self._writer.call(lambda t: t.finish_command(command_id, status, error, outcome))
 
     def running_commands(self) -> list[Command]:
         """Commands that were running when the previous agent stopped (or died)."""
         with self._rlock:
             self._check_open()
-            return commands.running(self._rconn)
+            return reads.running_commands(self._rconn)
 
     def next_command(self) -> Command | None:
         """The oldest queued command, if any."""
         with self._rlock:
             self._check_open()
-            return commands.next_queued(self._rconn)
+            return reads.next_command(self._rconn)
 
     def command_state(self, command_id: str) -> tuple[str, str | None, str | None] | None:
         """(state, status, error) of a command, None if this spool never saw it."""
         with self._rlock:
             self._check_open()
-            return commands.state(self._rconn, command_id)
+            return reads.command_state(self._rconn, command_id)
 
     # ---------------------------------------------------------------- dead letters
 
     def dead_letters(self, sink: str | None = None, ids: Sequence[str] = ()) -> list[DeadLetter]:
-        where, args = dl_filter(sink, ids)
         with self._rlock:
             self._check_open()
-            rows = self._rconn.execute(
-                "SELECT sink, seq, id, body, reason, attempts, dead_at FROM dead_letters"
-                f"{where} ORDER BY sink, seq",
-                args,
-            ).fetchall()
-        return [DeadLetter(*r) for r in rows]
+            return reads.dead_letters(self._rconn, sink, ids)
 
     def redeliver(self, sink: str | None = None, ids: Sequence[str] = ()) -> int:
         """Queue dead letters again, each for its own sink only; returns how many."""
@@ -341,18 +346,19 @@ class Spool:
     def stats(self) -> SpoolStats:
         with self._rlock:
             self._check_open()
-            return spool_stats(
+            return reads.spool_stats(
                 self._rconn,
                 path=str(self.path or ":memory:"),
                 durability=self.durability,
                 max_bytes=self.max_bytes,
+                acked=dict(self._acked),
             )
 
     def tallies(self) -> Tallies:
         """Events stored, and refused at the door, since the file was created, by source."""
         with self._rlock:
             self._check_open()
-            return tallies(self._rconn)
+            return reads.tallies(self._rconn)
 
     # ---------------------------------------------------------------- the writer's side
 

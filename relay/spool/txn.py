@@ -1,4 +1,5 @@
-"""The spool's writes, as done inside one group-commit transaction by the writer thread.
+"""Every write to the spool file, as done inside one group-commit transaction by the writer
+thread: events, the sinks' cursors and counters, dead letters, device commands.
 
 A ``Txn`` reads the byte count once at the start, keeps it in Python while the operations of
 the batch run, and writes it back once at the end; puts are collected and inserted with one
@@ -9,21 +10,29 @@ behind and its neighbours in the same commit go on.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
 
-from relay.errors import SpoolError, SpoolFull
-from relay.event import Event
-from relay.spool.model import ROW_OVERHEAD, WhenFull
+from relay.errors import SpoolFull
+from relay.event import Command, Event
+from relay.spool import reads
+from relay.spool.model import WhenFull
+from relay.spool.schema import (
+    COMMAND_COLUMNS,
+    DL_BYTES,
+    DONE,
+    EVENT_BYTES,
+    QUEUED,
+    ROW_OVERHEAD,
+    RUNNING,
+)
 
 log = logging.getLogger("relay.spool")
 
 TRIM_BATCH = 512  # delete delivered rows this many at a time: fewer, larger page writes
-PENDING = "FROM events WHERE seq > ? AND (sink IS NULL OR sink = ?)"
-_EVENT_BYTES = f"coalesce(sum(length(body) + {ROW_OVERHEAD}), 0)"
-_DL_BYTES = f"coalesce(sum(length(body) + length(reason) + {ROW_OVERHEAD}), 0)"
+KEEP_DONE = 10_000  # finished commands remembered, so that a repeated id is recognised
 # Sources counted by name in the file's tallies; any other (``relay.push(source=...)`` takes
 # any string) counts as "other", so that the tallies, and the metrics read from them, stay
 # a handful of rows.
@@ -155,8 +164,7 @@ class Txn:
         c = self.c
         known = {r[0] for r in c.execute("SELECT name FROM sinks")}
         for gone in sorted(known - set(names)):
-            cursor = c.execute("SELECT cursor FROM sinks WHERE name=?", (gone,)).fetchone()[0]
-            pending = c.execute(f"SELECT count(*) {PENDING}", (cursor, gone)).fetchone()[0]
+            pending = reads.pending_count(c, gone, reads.sink_row(c, gone).cursor)
             log.warning(
                 "sink %s is no longer configured: forgetting it (%d events it had not received;"
                 " its dead letters are kept)",
@@ -177,21 +185,13 @@ class Txn:
             c.execute("UPDATE meta SET value = 1 WHERE key='sinks_seen'")
         # Start-up is the moment to correct any drift in the byte count.
         self.used = c.execute(
-            f"SELECT (SELECT {_EVENT_BYTES} FROM events) + (SELECT {_DL_BYTES} FROM dead_letters)"
+            f"SELECT (SELECT {EVENT_BYTES} FROM events) + (SELECT {DL_BYTES} FROM dead_letters)"
         ).fetchone()[0]
         self.wakes = True
 
-    def _sink(self, sink: str) -> tuple[int, int, int, int]:
-        row = self.c.execute(
-            "SELECT cursor, head_seq, attempts, failures FROM sinks WHERE name=?", (sink,)
-        ).fetchone()
-        if row is None:
-            raise SpoolError(f"unknown sink {sink!r}")
-        return row  # type: ignore[no-any-return]
-
     def ack(self, sink: str, upto: int) -> None:
         self.flush()
-        cursor = self._sink(sink)[0]
+        cursor = reads.sink_row(self.c, sink).cursor
         if upto <= cursor:
             return  # a repeated ack
         n = self.c.execute(
@@ -206,9 +206,7 @@ class Txn:
         self._trim_due = True
 
     def retry(self, sink: str, seq: int, error: str, permanent: bool) -> tuple[int, int]:
-        _, head_seq, attempts, failures = self._sink(sink)
-        if head_seq != seq:
-            attempts = failures = 0  # the counters were about an earlier head
+        attempts, failures = reads.sink_row(self.c, sink).counters_for(seq)
         attempts, failures = attempts + 1, failures + int(permanent)
         self.c.execute(
             "UPDATE sinks SET head_seq=?, attempts=?, failures=?, last_error=?, last_error_at=? "
@@ -219,12 +217,12 @@ class Txn:
 
     def dead_letter(self, sink: str, seq: int, reason: str) -> None:
         self.flush()
-        cursor, head_seq, attempts, _ = self._sink(sink)
+        sink_row = reads.sink_row(self.c, sink)
         row = self.c.execute("SELECT id, body FROM events WHERE seq=?", (seq,)).fetchone()
-        if row is None or seq <= cursor:
+        if row is None or seq <= sink_row.cursor:
             return  # already past it (a repeated call), or dropped by drop_oldest
         reason = reason[:1000]
-        tries = max(attempts if head_seq == seq else 0, 1)
+        tries = max(sink_row.counters_for(seq)[0], 1)
         self.c.execute(
             "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)",
             (sink, seq, row[0], row[1], reason, tries, self.now),
@@ -241,7 +239,7 @@ class Txn:
 
     def redeliver(self, sink: str | None, ids: Sequence[str]) -> int:
         self.flush()
-        where, args = dl_filter(sink, ids)
+        where, args = reads.dl_filter(sink, ids)
         rows = self.c.execute(
             f"SELECT sink, seq, id, body, reason FROM dead_letters{where} ORDER BY seq", args
         ).fetchall()
@@ -261,9 +259,9 @@ class Txn:
         return moved
 
     def purge(self, sink: str | None, ids: Sequence[str]) -> int:
-        where, args = dl_filter(sink, ids)
+        where, args = reads.dl_filter(sink, ids)
         count, freed = self.c.execute(
-            f"SELECT count(*), {_DL_BYTES} FROM dead_letters{where}", args
+            f"SELECT count(*), {DL_BYTES} FROM dead_letters{where}", args
         ).fetchone()
         self.c.execute(f"DELETE FROM dead_letters{where}", args)
         self.used -= freed
@@ -285,26 +283,57 @@ class Txn:
             return  # wait for a fuller batch, unless every sink has caught up
         upto = low if force else min(low, first + 16 * TRIM_BATCH)
         freed = c.execute(
-            f"SELECT {_EVENT_BYTES} FROM events WHERE seq <= ? AND sink IS NULL", (upto,)
+            f"SELECT {EVENT_BYTES} FROM events WHERE seq <= ? AND sink IS NULL", (upto,)
         ).fetchone()[0]
         c.execute("DELETE FROM events WHERE seq <= ? AND sink IS NULL", (upto,))
         # A replay for one sink goes as soon as that sink has it.
         for sink, cursor in c.execute("SELECT name, cursor FROM sinks").fetchall():
             mine = "FROM events WHERE sink IS NOT NULL AND sink = ? AND seq <= ?"
-            size = c.execute(f"SELECT {_EVENT_BYTES} {mine}", (sink, cursor)).fetchone()[0]
+            size = c.execute(f"SELECT {EVENT_BYTES} {mine}", (sink, cursor)).fetchone()[0]
             if size:
                 c.execute(f"DELETE {mine}", (sink, cursor))
                 freed += size
         self.used -= freed
 
+    # ------------------------------------------------------------ device commands
 
-def dl_filter(sink: str | None, ids: Sequence[str]) -> tuple[str, list[Any]]:
-    """A WHERE clause over dead letters: this sink's, these ids (both optional)."""
-    clauses, args = [], []
-    if sink is not None:
-        clauses.append("sink = ?")
-        args.append(sink)
-    if ids:
-        clauses.append(f"id IN ({','.join('?' * len(ids))})")
-        args.extend(ids)
-    return ((" WHERE " + " AND ".join(clauses)) if clauses else ""), args
+    def record_command(self, cmd: Command) -> bool:
+        """Queue ``cmd``; False (and nothing stored) when its id was seen before."""
+        self.flush()
+        try:
+            self.c.execute(
+                f"INSERT INTO commands ({COMMAND_COLUMNS}, state) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    cmd.id,
+                    cmd.device,
+                    cmd.action,
+                    json.dumps(cmd.args),
+                    cmd.source,
+                    cmd.received_at,
+                    QUEUED,
+                ),
+            )
+        except sqlite3.IntegrityError:
+            return False
+        self.commands_added = True
+        return True
+
+    def start_command(self, command_id: str) -> None:
+        self.c.execute(
+            "UPDATE commands SET state=? WHERE id=? AND state=?", (RUNNING, command_id, QUEUED)
+        )
+
+    def finish_command(
+        self, command_id: str, status: str, error: str | None, outcome: Event
+    ) -> None:
+        """Mark the command done and store its outcome event, in the same commit."""
+        self.c.execute(
+            "UPDATE commands SET state=?, status=?, error=?, finished_at=? WHERE id=?",
+            (DONE, status, error, self.now, command_id),
+        )
+        self.insert([outcome], force=True)  # an outcome is never refused for want of room
+        self.c.execute(
+            "DELETE FROM commands WHERE state=? AND seq <= "
+            "(SELECT seq FROM commands WHERE state=? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+            (DONE, DONE, KEEP_DONE),
+        )

@@ -6,15 +6,18 @@ transaction and commits; only then does it report each operation done, so that n
 "stored" before the commit that stored it has returned. An operation the ``Txn`` refuses
 (``SpoolError``) fails alone and its neighbours go on; a failed commit fails the whole batch.
 
-A *relaxed* operation (a sink's ack) need not survive a power cut: losing it only means its
-events are sent again, which at-least-once allows. A batch of nothing else is committed with
-``synchronous=NORMAL``, without an fsync (it becomes durable with the next fsync'd commit or
-checkpoint, as WAL frames are written in order); a forwarder draining one event at a time
-then pays one fsync for the event it received, not a second one for each delivery. And a
-*gathering* operation (the ack of a forwarder that is draining: it will ack again within a
-millisecond) waits up to ``ACK_DELAY_S`` for more before it commits; anything else that comes
-ends the wait, the forwarder's last ack included. A sink draining a backlog one event at a
-time makes one commit per ~100 ms, not one per event.
+Two kinds of operation:
+
+- a *durable* write (:meth:`Writer.call`, :meth:`Writer.submit`: events, dead letters,
+  commands) is committed with the configured ``synchronous`` level: with "full", fsync'd
+  before anyone hears of it;
+- an *ack* (:meth:`Writer.ack`: a sink's cursor moving on) need not survive a power cut,
+  since losing it only means its events are sent again, which at-least-once allows. A batch
+  of nothing but acks is committed with ``synchronous=NORMAL``, without an fsync (it becomes
+  durable with the next fsync'd commit or checkpoint, as WAL frames are written in order). And
+  an ack waits up to ``ack_delay`` for company before it commits: anything else that comes
+  ends the wait (:meth:`Writer.sync` does, on purpose). A sink draining a backlog one event at
+  a time makes one commit per ``ack_delay``, not one per event.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any, Generic, TypeVar
 
 from relay import crashpoints
 from relay.errors import SpoolClosed, SpoolError
-from relay.outage import Outage
+from relay.logonce import LogOnce
 from relay.spool.file import keep_wal_small
 from relay.spool.inbox import Inbox
 from relay.spool.txn import Txn
@@ -42,7 +45,7 @@ T = TypeVar("T")
 Reply = Callable[[T | None, SpoolError | None], None]
 
 _BATCH_OPS = 1024  # most operations one commit takes
-ACK_DELAY_S = 0.1  # how long acks nobody waits for may gather (a kill re-sends theirs)
+ACK_DELAY_S = 0.1  # how long acks may gather by default (a kill re-sends theirs)
 _QUEUE_OPS = 8192  # bound on operations waiting for the writer
 _STOP = object()
 
@@ -56,13 +59,14 @@ class _Op(Generic[T]):
         self,
         apply: Callable[[Txn], T],
         reply: Reply[T] | None = None,
+        *,
         relaxed: bool = False,
         gather: bool = False,
     ) -> None:
         self.apply = apply
         self.reply = reply
-        self.relaxed = relaxed
-        self.gather = gather and relaxed and reply is not None  # nobody waits for it
+        self.relaxed = relaxed  # no fsync of its own (see the module)
+        self.gather = gather  # an ack: may wait for company
         self.result: T | None = None
         self.error: SpoolError | None = None
         self.finished = False
@@ -83,15 +87,20 @@ class _Op(Generic[T]):
 
 
 def _deferrable(op: _Op[Any] | object) -> bool:
-    """A relaxed write that nobody waits for and that may wait for company."""
+    """An ack, which may wait for company."""
     return isinstance(op, _Op) and op.gather
+
+
+def _ignore(result: object, error: SpoolError | None) -> None:
+    """For acks nobody listens for: the writer logs a failed commit once already."""
 
 
 class Writer:
     """Owns the writes to ``conn`` (guarded by ``lock``) and the thread that makes them.
 
     ``txn_factory(cursor)`` makes the ``Txn`` of each commit; ``on_committed(txn)`` runs on
-    the writer thread after a commit succeeded and its operations were reported.
+    the writer thread after a commit succeeded and its operations were reported. Acks
+    gather for up to ``ack_delay`` seconds.
     """
 
     def __init__(
@@ -100,15 +109,18 @@ class Writer:
         lock: threading.Lock,
         txn_factory: Callable[[sqlite3.Cursor], Txn],
         on_committed: Callable[[Txn], None],
+        *,
+        ack_delay: float = ACK_DELAY_S,
     ) -> None:
         self._conn = conn
+        self._ack_delay = ack_delay
         self._lock = lock
         self._txn_factory = txn_factory
         self._on_committed = on_committed
         self._ops: Inbox[_Op[Any] | object] = Inbox(_QUEUE_OPS)
         self._closed = False
         self._submit_lock = threading.Lock()  # orders submissions against stop()
-        self._failing = Outage()  # commits fail (a full disk): logged once, not per flap
+        self._failing = LogOnce()  # commits fail (a full disk): logged once, not per flap
         self._reclaim = False  # the disk was full: truncate the WAL after the next commit
         self._path = conn.execute("PRAGMA database_list").fetchone()[2] or ":memory:"
         self._synchronous = int(conn.execute("PRAGMA synchronous").fetchone()[0])  # as set
@@ -121,30 +133,35 @@ class Writer:
         """Whether :meth:`stop` was called: nothing more is accepted."""
         return self._closed
 
-    def call(self, apply: Callable[[Txn], T], *, relaxed: bool = False) -> T:
-        """``apply``'s result once its commit returned; raises its ``SpoolError``, or
-        ``SpoolClosed`` if the writer is stopped. Blocks while the queue is full.
-        ``relaxed``: the commit need not survive a power cut (see the module docstring)."""
-        op = _Op(apply, relaxed=relaxed)
+    def call(self, apply: Callable[[Txn], T]) -> T:
+        """A durable write: ``apply``'s result once its commit returned; raises its
+        ``SpoolError``, or ``SpoolClosed`` if the writer is stopped. Blocks while the queue
+        is full."""
+        return self._wait(_Op(apply))
+
+    def submit(self, apply: Callable[[Txn], T], reply: Reply[T]) -> None:
+        """A durable write, queued: returns at once, and ``reply`` reports it after the
+        commit (quick, and never calling the spool: it runs on the thread that would serve
+        the call)."""
+        self._submit(_Op(apply, reply))
+
+    def ack(self, apply: Callable[[Txn], T], reply: Reply[T] = _ignore) -> None:
+        """An ack, queued: no fsync of its own, and it may wait up to ``ack_delay`` for
+        other writes to share its commit; ``reply`` as for :meth:`submit`."""
+        self._submit(_Op(apply, reply, relaxed=True, gather=True))
+
+    def sync(self) -> None:
+        """Return once every write queued before this call is committed and reported; acks
+        waiting for company are committed now. Adds nothing that needs an fsync."""
+        self._wait(_Op(lambda t: None, relaxed=True))
+
+    def _wait(self, op: _Op[T]) -> T:
         self._submit(op)
         assert op.lock is not None
         op.lock.acquire()
         if op.error is not None:
             raise op.error
         return op.result  # type: ignore[return-value]
-
-    def submit(
-        self,
-        apply: Callable[[Txn], T],
-        reply: Reply[T],
-        *,
-        relaxed: bool = False,
-        gather: bool = False,
-    ) -> None:
-        """Queue ``apply`` and return; ``reply`` reports it after the commit (quick, and never
-        calling the spool: it runs on the thread that would serve the call). ``gather``: a
-        relaxed write that may wait up to ``ACK_DELAY_S`` for others to share its commit."""
-        self._submit(_Op(apply, reply, relaxed, gather))
 
     def stop(self) -> bool:
         """Refuse new operations and queue the stop behind those queued, which still commit.
@@ -182,8 +199,8 @@ class Writer:
                 return
 
     def _gather(self, items: list[_Op[Any] | object]) -> list[_Op[Any] | object]:
-        """``items``, and what comes within ``ACK_DELAY_S`` while all are deferrable."""
-        deadline = time.monotonic() + ACK_DELAY_S
+        """``items``, and what comes within ``ack_delay`` while all are acks."""
+        deadline = time.monotonic() + self._ack_delay
         more = items
         while len(items) < _BATCH_OPS and all(_deferrable(op) for op in more):
             left = deadline - time.monotonic()

@@ -230,7 +230,7 @@ def command(spool: Spool, ex: CommandExecutor | None, received_at: float | None 
     )
     assert spool.record_command(cmd)
     if ex is not None:
-        ex.received(cmd.id)  # what the MQTT and AMQP inputs do once it is recorded
+        ex.arrivals.mark(cmd.id)  # what the MQTT and AMQP inputs do once it is recorded
     return cmd.id
 
 

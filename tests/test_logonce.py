@@ -1,8 +1,8 @@
-"""relay/outage.py: a flapping failure is one line when it starts and one when it is over."""
+"""relay/logonce.py: a flapping failure is one line when it starts and one when it is over."""
 
 from __future__ import annotations
 
-from relay.outage import Outage
+from relay.logonce import LogOnce
 
 
 class Clock:
@@ -15,7 +15,7 @@ class Clock:
 
 def test_a_flapping_failure_is_reported_once_and_over_once() -> None:
     clock = Clock()
-    outage = Outage(settle_s=30, clock=clock)
+    outage = LogOnce(settle_s=30, clock=clock)
     assert not outage.succeeded()  # nothing to end
     assert outage.failed("disk full")
     for _ in range(50):  # a commit fails, the next one fits, again and again
@@ -32,7 +32,7 @@ def test_a_flapping_failure_is_reported_once_and_over_once() -> None:
 
 
 def test_another_reason_is_news() -> None:
-    outage = Outage(settle_s=30, clock=Clock())
+    outage = LogOnce(settle_s=30, clock=Clock())
     assert outage.failed("disk full")
     assert outage.failed("read-only file system")
     assert outage.reason == "read-only file system"

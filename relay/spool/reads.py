@@ -1,0 +1,147 @@
+"""Every read of the spool file: a sink's row and its pending events, dead letters, device
+commands, and what ``relay status`` shows. Functions of a connection or cursor; the caller
+serialises its use (the ``Spool``'s reader lock, or the writer's transaction).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from relay.errors import SpoolError
+from relay.event import Command
+from relay.spool.file import free_bytes
+from relay.spool.model import DeadLetter, SinkRow, SinkStats, SpoolStats, Tallies
+from relay.spool.schema import COMMAND_COLUMNS, PENDING, QUEUED, RUNNING
+
+Conn = sqlite3.Connection | sqlite3.Cursor
+
+# ------------------------------------------------------------------ sinks
+
+
+def sink_row(c: Conn, sink: str) -> SinkRow:
+    """``sink``'s row; ``SpoolError`` for a sink the file does not know."""
+    row = c.execute(
+        "SELECT cursor, head_seq, attempts, failures FROM sinks WHERE name=?", (sink,)
+    ).fetchone()
+    if row is None:
+        raise SpoolError(f"unknown sink {sink!r}")
+    return SinkRow(*row)
+
+
+def pending(c: Conn, sink: str, cursor: int, limit: int) -> list[tuple[int, bytes, float]]:
+    """(seq, body, spooled_at) of the first ``limit`` events after ``cursor`` for ``sink``."""
+    rows: list[tuple[int, bytes, float]] = c.execute(
+        f"SELECT seq, body, spooled_at {PENDING} ORDER BY seq LIMIT ?", (cursor, sink, limit)
+    ).fetchall()
+    return rows
+
+
+def pending_count(c: Conn, sink: str, cursor: int) -> int:
+    return int(c.execute(f"SELECT count(*) {PENDING}", (cursor, sink)).fetchone()[0])
+
+
+# ------------------------------------------------------------------ dead letters
+
+
+def dl_filter(sink: str | None, ids: Sequence[str]) -> tuple[str, list[Any]]:
+    """A WHERE clause over dead letters: this sink's, these ids (both optional)."""
+    clauses, args = [], []
+    if sink is not None:
+        clauses.append("sink = ?")
+        args.append(sink)
+    if ids:
+        clauses.append(f"id IN ({','.join('?' * len(ids))})")
+        args.extend(ids)
+    return ((" WHERE " + " AND ".join(clauses)) if clauses else ""), args
+
+
+def dead_letters(c: Conn, sink: str | None, ids: Sequence[str]) -> list[DeadLetter]:
+    where, args = dl_filter(sink, ids)
+    rows = c.execute(
+        f"SELECT sink, seq, id, body, reason, attempts, dead_at FROM dead_letters{where} "
+        "ORDER BY sink, seq",
+        args,
+    ).fetchall()
+    return [DeadLetter(*r) for r in rows]
+
+
+# ------------------------------------------------------------------ device commands
+
+
+def running_commands(c: Conn) -> list[Command]:
+    return _commands(c, "state = ?", (RUNNING,))
+
+
+def next_command(c: Conn) -> Command | None:
+    found = _commands(c, "state = ? ORDER BY seq LIMIT 1", (QUEUED,))
+    return found[0] if found else None
+
+
+def command_state(c: Conn, command_id: str) -> tuple[str, str | None, str | None] | None:
+    """(state, status, error) of a command, or None if unknown."""
+    row = c.execute(
+        "SELECT state, status, error FROM commands WHERE id=?", (command_id,)
+    ).fetchone()
+    return None if row is None else (row[0], row[1], row[2])
+
+
+def _commands(c: Conn, where: str, args: tuple[object, ...]) -> list[Command]:
+    rows = c.execute(f"SELECT {COMMAND_COLUMNS} FROM commands WHERE {where}", args).fetchall()
+    return [Command(i, d, a, json.loads(g), s, r) for i, d, a, g, s, r in rows]
+
+
+# ------------------------------------------------------------------ statistics
+
+
+def spool_stats(
+    c: Conn, *, path: str, durability: str, max_bytes: int, acked: dict[str, int]
+) -> SpoolStats:
+    """The statistics of the spool file.
+
+    ``path``, ``durability`` and ``max_bytes`` are the caller's settings, reported as given;
+    the free space is that of ``path``'s disk. ``acked``: per sink, a cursor acked but
+    perhaps not committed yet (what this process knows beyond the file).
+    """
+    meta = dict(c.execute("SELECT key, value FROM meta").fetchall())
+    rows = c.execute("SELECT count(*) FROM events").fetchone()[0]
+    sinks = [
+        _sink_stats(c, row, acked.get(row[0], 0))
+        for row in c.execute(
+            "SELECT name, cursor, head_seq, attempts, failures, last_error, last_error_at, "
+            "delivered FROM sinks ORDER BY name"
+        ).fetchall()
+    ]
+    free = None if durability == "memory" else free_bytes(Path(path).parent)
+    return SpoolStats(
+        path, durability, meta["bytes"], max_bytes, rows, meta["dropped"], sinks, free
+    )
+
+
+def _sink_stats(c: Conn, row: tuple[Any, ...], acked: int) -> SinkStats:
+    name, cursor, head_seq, attempts, failures, last_error, last_error_at, delivered = row
+    cursor = max(cursor, acked)
+    head = c.execute(
+        f"SELECT seq, spooled_at {PENDING} ORDER BY seq LIMIT 1", (cursor, name)
+    ).fetchone()
+    dead = c.execute("SELECT count(*) FROM dead_letters WHERE sink=?", (name,)).fetchone()[0]
+    head_attempts = (
+        SinkRow(cursor, head_seq, attempts, failures).counters_for(head[0])[0] if head else 0
+    )
+    return SinkStats(
+        name, pending_count(c, name, cursor), head[1] if head else None, head_attempts,
+        last_error, last_error_at, delivered, dead,
+    )  # fmt: skip
+
+
+def tallies(c: Conn) -> Tallies:
+    """The counts the writes keep in ``meta`` as "ingested:<source>" and "rejected:<source>"."""
+    found: dict[str, dict[str, int]] = {"ingested": {}, "rejected": {}}
+    for key, value in c.execute("SELECT key, value FROM meta WHERE key LIKE '%:%'"):
+        what, _, source = key.partition(":")
+        if what in found:
+            found[what][source] = value
+    return Tallies(found["ingested"], found["rejected"])

@@ -1,0 +1,107 @@
+"""The spool file's tables, their migrations, and the SQL fragments the reads and the writes
+share. Every ``CREATE`` of the spool is here.
+
+    events        one row per event, in spool order (``seq``); ``sink`` set only on a replay
+                  for one sink (``relay dlq retry``)
+    sinks         per sink: its cursor (every event at or below it is done for the sink), and
+                  the failure counters of its head (``head_seq``)
+    dead_letters  events given up on, per sink, with the reason
+    meta          counters: bytes held, events dropped for room, events stored per source
+    commands      device commands, recorded before they run (``queued``, ``running``, ``done``)
+
+``PRAGMA user_version`` is the schema version; :func:`migrate` brings an older file up to it
+in place, one version per transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+SCHEMA_VERSION = 2
+
+# Bytes charged per row on top of its body (keys, record header, index entry), so that the
+# size cap tracks the file and not only the payloads.
+ROW_OVERHEAD = 64
+
+# A sink's pending events: after its cursor, for every sink or replayed for this one.
+# Parameters: (cursor, sink).
+PENDING = "FROM events WHERE seq > ? AND (sink IS NULL OR sink = ?)"
+EVENT_BYTES = f"coalesce(sum(length(body) + {ROW_OVERHEAD}), 0)"
+DL_BYTES = f"coalesce(sum(length(body) + length(reason) + {ROW_OVERHEAD}), 0)"
+
+# A device command's states.
+QUEUED, RUNNING, DONE = "queued", "running", "done"
+COMMAND_COLUMNS = "id, device, action, args, source, received_at"
+
+MIGRATIONS: dict[int, list[str]] = {
+    # The statements that take user_version N to N + 1.
+    0: [
+        # seq is AUTOINCREMENT so that a number is never reused once rows were deleted: a
+        # sink's cursor must never point past an event that arrives later.
+        """CREATE TABLE events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL,
+            body BLOB NOT NULL,
+            spooled_at REAL NOT NULL,
+            sink TEXT
+        )""",
+        # Replays (relay dlq retry) are rare rows for one sink; this keeps finding them cheap.
+        "CREATE INDEX events_replays ON events (sink, seq) WHERE sink IS NOT NULL",
+        """CREATE TABLE sinks (
+            name TEXT PRIMARY KEY,
+            cursor INTEGER NOT NULL,
+            head_seq INTEGER NOT NULL DEFAULT 0,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            failures INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            last_error_at REAL,
+            delivered INTEGER NOT NULL DEFAULT 0,
+            dead INTEGER NOT NULL DEFAULT 0
+        )""",
+        """CREATE TABLE dead_letters (
+            sink TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            id TEXT NOT NULL,
+            body BLOB NOT NULL,
+            reason TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            dead_at REAL NOT NULL,
+            PRIMARY KEY (sink, seq)
+        )""",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+        "INSERT INTO meta VALUES ('bytes', 0), ('dropped', 0), ('sinks_seen', 0)",
+    ],
+    1: [
+        """CREATE TABLE commands (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            device TEXT NOT NULL,
+            action TEXT NOT NULL,
+            args TEXT NOT NULL,
+            source TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            state TEXT NOT NULL,
+            status TEXT,
+            error TEXT,
+            finished_at REAL
+        )""",
+        "CREATE INDEX commands_open ON commands (seq) WHERE state != 'done'",
+    ],
+}
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring the file open as ``conn`` to :data:`SCHEMA_VERSION`; ``sqlite3.DatabaseError``
+    for a file made by a newer relay."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise sqlite3.DatabaseError(
+            f"schema version {version} is newer than this relay understands ({SCHEMA_VERSION})"
+        )
+    while version < SCHEMA_VERSION:
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in MIGRATIONS[version]:
+            conn.execute(statement)
+        version += 1
+        conn.execute(f"PRAGMA user_version={version}")
+        conn.execute("COMMIT")
