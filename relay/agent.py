@@ -8,6 +8,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -15,10 +16,12 @@ from pathlib import Path
 from typing import IO
 
 from relay import wiring
+from relay.backoff import Backoff
 from relay.config import Settings
 from relay.doorbell import Doorbell
-from relay.errors import AlreadyRunning, SpoolError
+from relay.errors import AlreadyRunning, DiskUnavailable, SpoolError
 from relay.spool import Spool
+from relay.spool.file import disk_trouble
 from relay.systemd import Notifier, status_text
 from relay.wiring import Component
 
@@ -27,6 +30,7 @@ log = logging.getLogger(__name__)
 Build = Callable[[Settings, Spool], list[Component]]  # the components, in start order
 
 STATUS_EVERY = 30.0  # seconds between STATUS= refreshes under systemd without a watchdog
+DISK_WAIT = Backoff(initial=1.0, factor=2.0, cap=15.0)  # tries at a disk that cannot be written
 
 
 class Agent:
@@ -40,18 +44,32 @@ class Agent:
         self._lock_file: IO[str] | None = None
         self._doorbell: Doorbell | None = None
         self.ready = threading.Event()  # set once everything has started
+        self._rng = random.Random()
+
+    def open(self) -> None:
+        """Take the state dir and open the spool (``DiskUnavailable`` when its disk is full
+        or read-only). Idempotent."""
+        if self.spool is not None:
+            return
+        s = self.settings
+        self._lock_file = self._lock_file or _lock_state_dir(s.state_dir)
+        spool = Spool.configured(s.spool, s.state_dir, agent=True)
+        try:
+            spool.register_sinks([sink.name for sink in s.sinks])
+            doorbell = Doorbell(s.state_dir, spool.notify)
+            doorbell.start()
+        except (OSError, SpoolError) as exc:
+            spool.close()
+            if not disk_trouble(s.state_dir) and isinstance(exc, SpoolError):
+                raise
+            raise (DiskUnavailable if disk_trouble(s.state_dir) else SpoolError)(str(exc)) from None
+        self.spool, self._doorbell = spool, doorbell
 
     def start(self) -> None:
         """Open the spool and start every component. Raises ``RelayError`` subclasses."""
+        self.open()
         s = self.settings
-        self._lock_file = _lock_state_dir(s.state_dir)
-        self.spool = Spool.configured(s.spool, s.state_dir, agent=True)
-        self.spool.register_sinks([sink.name for sink in s.sinks])
-        self._doorbell = Doorbell(s.state_dir, self.spool.notify)
-        try:
-            self._doorbell.start()
-        except OSError as exc:
-            raise SpoolError(str(exc)) from None
+        assert self.spool is not None
         # Only what has started is in self.components, so that stop() after a start that
         # failed part way does not stop what never ran (a thread never started cannot join).
         for component in self._build(s, self.spool):
@@ -82,6 +100,8 @@ class Agent:
         """
         notifier = notifier or Notifier()
         try:
+            if not self._open_when_writable(stop, notifier):
+                return  # stopped while it waited
             self.start()
             notifier.ready()
             self._supervise(stop, notifier)
@@ -93,6 +113,32 @@ class Agent:
             else:
                 notifier.stopping()
             self.stop()
+
+    def _open_when_writable(self, stop: threading.Event, notifier: Notifier) -> bool:
+        """:meth:`open`, waiting while the disk is full or read-only (a card remounted
+        read-only after errors, a full disk at boot): one line when the wait starts and one
+        when it is over, READY=1 meanwhile with STATUS= saying why, and the watchdog pinged,
+        since waiting is what relay should do. False if ``stop`` came first."""
+        since: float | None = None
+        attempt = 0
+        while True:
+            try:
+                self.open()
+            except DiskUnavailable as exc:
+                if since is None:
+                    since = time.monotonic()
+                    log.error("%s; waiting until it can be written, then starting", exc)
+                    notifier.ready()  # up, and waiting on purpose
+                notifier.status(f"waiting: {exc}")
+                attempt += 1
+                if _sleep(stop, notifier, DISK_WAIT.delay(attempt, self._rng)):
+                    return False
+                continue
+            if since is not None:
+                log.info(
+                    "the spool can be written again after %.0fs: starting", time.monotonic() - since
+                )
+            return True
 
     def _supervise(self, stop: threading.Event, notifier: Notifier) -> None:
         """Sleep until ``stop``, waking only to ping the watchdog (half its period) or, under
@@ -171,13 +217,26 @@ class Agent:
             self._lock_file = None
 
 
+def _sleep(stop: threading.Event, notifier: Notifier, seconds: float) -> bool:
+    """Sleep ``seconds``, pinging systemd's watchdog meanwhile; True if ``stop`` came."""
+    tick = notifier.watchdog_interval()
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if stop.wait(min(left, tick) if tick else left):
+            return True
+        if tick:
+            notifier.watchdog()
+    return stop.is_set()
+
+
 def _lock_state_dir(state_dir: Path) -> IO[str]:
     """Hold ``<state_dir>/relay.lock`` for the agent's lifetime: one agent per spool."""
     try:
         state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         f = (state_dir / "relay.lock").open("a+")
     except OSError as exc:
-        raise SpoolError(f"cannot use state_dir {state_dir}: {exc.strerror}") from None
+        message = f"cannot use state_dir {state_dir}: {exc.strerror}"
+        raise (DiskUnavailable if disk_trouble(state_dir) else SpoolError)(message) from None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

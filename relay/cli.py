@@ -240,12 +240,13 @@ def _status(args: argparse.Namespace) -> int:
         return EX_OK
     with Spool.configured(settings.spool, settings.state_dir) as spool:
         stats = spool.stats()
+    broker = f"{settings.mqtt.host}:{settings.mqtt.port}"
     if args.json:
-        print(json.dumps(report.status_json(stats), indent=2))
+        print(json.dumps(report.status_json(stats, broker=broker), indent=2))
     else:
         # As wide as the terminal, for longer errors; 80 columns when piped.
         width = max(report.WIDTH, shutil.get_terminal_size().columns)
-        print(report.status_text(stats, width=width))
+        print(report.status_text(stats, width=width, broker=broker))
     return EX_OK
 
 
@@ -283,4 +284,10 @@ def _check_config(args: argparse.Namespace) -> int:
     settings = config.load(path)
     print(json.dumps(config.dump(settings), indent=2))
     print(f"relay: {Path(path)}: config OK", file=sys.stderr)
+    broker = settings.mqtt.broker_config
+    if settings.uses_mqtt() and settings.mqtt.local and broker is not None and broker.exists():
+        from relay.mqtt import mosquitto
+
+        for line in mosquitto.problems(broker):
+            print(f"relay: warning: {line}", file=sys.stderr)
     return EX_OK

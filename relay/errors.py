@@ -4,7 +4,9 @@
     ├── ConfigError          the config is wrong; the CLI exits 78 (EX_CONFIG)
     ├── SpoolError           the spool could not do what was asked (disk full, read-only, ...)
     │   ├── SpoolFull        no room and ``when_full = "reject"``: push back on the producer
-    │   └── SpoolClosed      the spool was closed while the call waited
+    │   ├── SpoolClosed      the spool was closed while the call waited
+    │   └── DiskUnavailable  the disk holding the state dir is full or read-only: the agent
+    │                        waits for it rather than exit
     ├── AlreadyRunning       another agent holds the state directory
     ├── SendError            a sink could not deliver (raised by sinks, handled by forwarders)
     │   ├── TransientError   retry later, forever (or until ``max_age``)
@@ -48,6 +50,11 @@ class SpoolFull(SpoolError):
 
 class SpoolClosed(SpoolError):
     """The spool is closed."""
+
+
+class DiskUnavailable(SpoolError):
+    """The disk holding the spool cannot be written (full, or read-only): nothing is wrong
+    with relay or its config, and it may pass."""
 
 
 class AlreadyRunning(RelayError):

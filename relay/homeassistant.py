@@ -73,6 +73,8 @@ class HaWakeups:
     new connection, and Home Assistant's birth message (``online``), make the config due
     again. ``cond`` is the condition the discovery thread sleeps on."""
 
+    resubscribe = False
+
     def __init__(self, birth_topic: str) -> None:
         self.birth_topic = birth_topic
         self.cond = threading.Condition()
@@ -140,13 +142,34 @@ class Topics:
     def state(self, node: str, sink: str) -> str:
         return f"relay/{node}/sinks/{sink}"
 
+    def broker(self, node: str) -> str:
+        return f"relay/{node}/broker"
+
 
 def discovery_config(
-    topics: Topics, node: str, sinks: Sequence[str], availability_topic: str
+    topics: Topics,
+    node: str,
+    sinks: Sequence[str],
+    availability_topic: str,
+    *,
+    broker: bool = False,
 ) -> dict[str, Any]:
     """The device discovery payload: the device, its origin, availability, and per sink a
-    queue-depth, dead-letter, oldest-age, last-delivery and connectivity entity."""
+    queue-depth, dead-letter, oldest-age, last-delivery and connectivity entity; with
+    ``broker``, one for the messages the MQTT broker dropped."""
     components: dict[str, dict[str, Any]] = {}
+    if broker:
+        unique_id = f"{topics.device_id}_broker_dropped"
+        components[unique_id] = {
+            "platform": "sensor",
+            "name": "broker dropped messages",
+            "state_class": "total_increasing",
+            "unit_of_measurement": "messages",
+            "value_template": "{{ value_json.dropped }}",
+            "state_topic": topics.broker(node),
+            "entity_category": "diagnostic",
+            "unique_id": unique_id,
+        }
     for sink in sinks:
         state = topics.state(node, sink)
         prefix = f"{topics.device_id}_{_UNSAFE.sub('_', sink)}"
@@ -234,6 +257,7 @@ class HaDiscovery:
         sinks: Sequence[SinkView],
         publisher: Publisher,
         wakeups: HaWakeups,
+        broker: bool = False,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -241,6 +265,7 @@ class HaDiscovery:
         self.spool = spool
         self.publisher = publisher
         self.wakeups = wakeups
+        self.broker = broker  # relay watches its MQTT broker's drops: an entity for them
         self.topics = Topics.of(cfg, node)
         self._failing = LogOnce(settle_s=0)  # publishes fail: one line, and one when over
         self._views = {s.name: s for s in sinks}
@@ -295,22 +320,33 @@ class HaDiscovery:
 
     def _config_payload(self) -> bytes:
         config = discovery_config(
-            self.topics, self.node, list(self._views), self.publisher.status_topic
+            self.topics,
+            self.node,
+            list(self._views),
+            self.publisher.status_topic,
+            broker=self.broker,
         )
         return json.dumps(config).encode()
 
     def _publish_states(self) -> bool:
         """Publish each sink's state that changed; True while a sink has a backlog."""
         now, busy = self._wall(), False
-        for stats in self.spool.stats().sinks:
+        spool = self.spool.stats()
+        states = {}
+        for stats in spool.sinks:
             busy = busy or stats.depth > 0
             state = sink_state(stats, self._views.get(stats.name), now)
+            states[self.topics.state(self.node, stats.name)] = state
+        if self.broker and spool.broker is not None:
+            drops = {"dropped": spool.broker.dropped, "dropping": spool.broker.dropping}
+            states[self.topics.broker(self.node)] = drops
+        for topic, state in states.items():
             payload = json.dumps(state).encode()
-            if self._published.get(stats.name) == payload:
+            if self._published.get(topic) == payload:
                 continue
-            if not self._send(self.topics.state(self.node, stats.name), payload):
+            if not self._send(topic, payload):
                 return False  # not connected: the next connection publishes every state
-            self._published[stats.name] = payload
+            self._published[topic] = payload
         return busy
 
     def _send(self, topic: str, payload: bytes) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from relay.spool import DeadLetter, SinkStats, SpoolStats
+from relay.spool import BrokerDrops, DeadLetter, SinkStats, SpoolStats
 
 WIDTH = 80  # what the table is laid out for (a wider terminal gets longer errors)
 ELLIPSIS = "\u2026"
@@ -15,10 +15,13 @@ MAX_SINK = 20  # a longer sink name is cut (relay status --json has it whole)
 MIN_ERROR = 24  # the last error keeps at least this much room, taken from the name
 
 
-def status_json(stats: SpoolStats, now: float | None = None) -> dict[str, Any]:
-    """The ``relay status --json`` document. Keys are only ever added, never renamed."""
+def status_json(
+    stats: SpoolStats, now: float | None = None, *, broker: str | None = None
+) -> dict[str, Any]:
+    """The ``relay status --json`` document. Keys are only ever added, never renamed.
+    ``broker``: the MQTT broker's address, when the config has one."""
     now = time.time() if now is None else now
-    return {
+    doc = {
         "spool": {
             "path": stats.path,
             "durability": stats.durability,
@@ -42,13 +45,31 @@ def status_json(stats: SpoolStats, now: float | None = None) -> dict[str, Any]:
             for s in stats.sinks
         ],
     }
+    if stats.broker is not None:
+        doc["broker"] = _broker_json(stats.broker, broker, now)
+    return doc
 
 
-def status_text(stats: SpoolStats, now: float | None = None, *, width: int = WIDTH) -> str:
+def _broker_json(drops: BrokerDrops, address: str | None, now: float) -> dict[str, Any]:
+    return {
+        "address": address,
+        "dropped": drops.dropped,
+        "dropping": drops.dropping,
+        "last_drop_age_s": _age(drops.last_drop_at, now),
+        "counter": drops.counter,
+        "visible": drops.visible,
+    }
+
+
+def status_text(
+    stats: SpoolStats, now: float | None = None, *, width: int = WIDTH, broker: str | None = None
+) -> str:
     """``relay status`` for a person: the spool, then a table with a row per sink. No line
-    is longer than ``width``: long paths, names and errors are cut with an ellipsis."""
+    is longer than ``width``: long paths, names and errors are cut with an ellipsis.
+    ``broker``: the MQTT broker's address, for the line on what it dropped."""
     now = time.time() if now is None else now
     lines = [_spool_line(stats, width), *_disk_line(stats, width)]
+    lines += _broker_lines(stats.broker, broker or "the MQTT broker", now, width)
     if not stats.sinks:
         return "\n".join([*lines, "no sinks configured: events wait in the spool"])
     rows = [
@@ -103,6 +124,25 @@ def _disk_line(stats: SpoolStats, width: int) -> list[str]:
     return [
         clip(f"low disk: {free} free, spool may grow {grow}; free space or lower max_size", width)
     ]
+
+
+def _broker_lines(drops: BrokerDrops | None, where: str, now: float, width: int) -> list[str]:
+    """What relay saw of the broker dropping messages, when there is something to say."""
+    if drops is None:
+        return []
+    if drops.dropped:
+        still = ", still dropping" if drops.dropping else ""
+        age = human_age(_age(drops.last_drop_at, now))
+        return [
+            clip(
+                f"broker {where} dropped {drops.dropped:,} messages (the last {age} ago{still}):"
+                " messages for relay may be among them; raise max_queued_messages",
+                width,
+            )
+        ]
+    if drops.visible is False:
+        return [clip(f"broker {where}: relay cannot see its drops (no $SYS figures)", width)]
+    return []
 
 
 def _table(rows: list[tuple[str, ...]], width: int) -> list[str]:

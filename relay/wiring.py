@@ -58,9 +58,11 @@ class Component(Protocol):
 
 def components(settings: Settings, spool: Spool) -> list[Component]:
     """Every component, in start order; the agent stops them in reverse, so inputs stop
-    first, then the command executor, then Home Assistant discovery and the MQTT connection,
-    then the forwarders. The metrics endpoint, when configured, comes first and stops last;
-    it binds its port when built, so a port already taken stops relay before anything runs."""
+    first, then the command executor, Home Assistant discovery and the forwarders, and the
+    MQTT connection last of those. The MQTT connection starts first, so that the broker
+    hands over what it queued while relay was away at once, before the forwarders start
+    sending. The metrics endpoint, when configured, comes before it and stops last; it binds
+    its port when built, so a port already taken stops relay before anything runs."""
     metrics, endpoint = _metrics(settings, spool)
     forwarders = [
         Forwarder(build_sink(cfg, metrics), spool, policy(cfg), metrics=metrics)
@@ -74,9 +76,7 @@ def components(settings: Settings, spool: Spool) -> list[Component]:
     wakeups = _ha_wakeups(settings)
     mqtt = _mqtt(settings, spool, metrics, arrivals, wakeups)
     devices = {cfg.name: _device(cfg, mqtt, factory) for cfg in settings.devices}
-    built: list[Component] = [*endpoint, *forwarders]
-    if mqtt is not None:
-        built.append(mqtt)
+    built: list[Component] = [*endpoint, *([mqtt] if mqtt is not None else []), *forwarders]
     if mqtt is not None and wakeups is not None:
         from relay.homeassistant import HaDiscovery
 
@@ -88,6 +88,7 @@ def components(settings: Settings, spool: Spool) -> list[Component]:
                 sinks=forwarders,
                 publisher=mqtt,
                 wakeups=wakeups,
+                broker=True,  # the connection watches the broker's drops (relay.mqtt.drops)
             )
         )
     if arrivals is None:
@@ -194,16 +195,11 @@ def _mqtt(
     wakeups: HaWakeups | None,
 ) -> MqttConnection | None:
     """The one MQTT connection, when anything needs it, with its subscribers."""
-    sources = [s for s in settings.sources if isinstance(s, MqttSourceConfig)]
-    needs = (
-        sources
-        or settings.commands.mqtt_topic
-        or any(isinstance(d, MqttDeviceConfig) for d in settings.devices)
-        or wakeups is not None
-    )
-    if not needs:
+    if not settings.uses_mqtt():
         return None
+    sources = [s for s in settings.sources if isinstance(s, MqttSourceConfig)]
     from relay.mqtt.connection import MqttConnection
+    from relay.mqtt.drops import DropWatch
     from relay.mqtt.session import Subscriber
     from relay.sources.mqtt import MqttCommandSource, MqttSource
 
@@ -214,11 +210,14 @@ def _mqtt(
                 settings.commands.mqtt_topic, spool, node=settings.node, recorded=arrivals.mark
             )
         )
+    observers: list[Subscriber] = [DropWatch(f"{settings.mqtt.host}:{settings.mqtt.port}", spool)]
+    if wakeups is not None:
+        observers.append(wakeups)
     return MqttConnection(
         settings.mqtt,
         node=settings.node,
         consumers=consumers,
-        observers=[wakeups] if wakeups is not None else [],
+        observers=observers,
         state_dir=settings.state_dir,
         metrics=metrics,
     )

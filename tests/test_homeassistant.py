@@ -352,7 +352,7 @@ def test_with_real_mosquitto(
                 wait_for(lambda: watcher.states(state_topic), 10, "the first state")
                 [(config, _, _)] = watcher.on(config_topic)
                 components = json.loads(config)["components"]
-                assert len(components) == 5
+                assert len(components) == 5 + 1  # the sink's, and the broker's drops
                 assert json.loads(config)["availability_topic"] == status_topic
                 assert [p for p, _, _ in watcher.on(status_topic)][-1] == b"online"
                 first = watcher.states(state_topic)[0]

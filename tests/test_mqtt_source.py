@@ -51,11 +51,14 @@ def mqtt_config(port: int, topic: str, client_id: str, extra: str = "", source: 
     )
 
 
+def connection_of(agent: Agent) -> MqttConnection:
+    return next(c for c in agent.components if isinstance(c, MqttConnection))
+
+
 def subscribed(agent: Agent) -> None:
     """Wait until the broker confirmed the source's subscriptions: what is published
     before that has no subscriber to be queued for."""
-    connection = next(c for c in agent.components if isinstance(c, MqttConnection))
-    wait_for(connection.subscribed.is_set, 10, "the subscription")
+    wait_for(connection_of(agent).subscribed.is_set, 10, "the subscription")
 
 
 def numbers(state_dir: Path, topic: str) -> list[int]:
@@ -224,7 +227,7 @@ def test_broker_restart_mid_stream(
     topic, cid = unique("relaytest/"), unique("relay-test-")
     cfg = write_config(mqtt_config(private_broker.port, topic, cid))
     with running_agent(cfg) as agent:
-        source = agent.components[-1]
+        source = connection_of(agent)
         subscribed(agent)
         with Publisher(private_broker.host, private_broker.port) as pub:
             pub.wait(publish_numbered(pub, topic, range(1000)))
@@ -333,8 +336,8 @@ def test_spool_full_holds_messages_at_the_broker(
             subscribed(agent)  # a new session: what is published before SUBACK goes nowhere
             pub.wait(publish_numbered(pub, topic, range(200)))  # ~200 B each: ~4x the cap
             wait_for(
-                lambda: "spool full" in (agent.components[-1].last_error or ""),
-                20,  # type: ignore[attr-defined]
+                lambda: "spool full" in (connection_of(agent).last_error or ""),
+                20,
                 "the source to notice the full spool",
             )
             held = len(set(numbers(state_dir, topic)))

@@ -42,6 +42,17 @@ def test_the_unit_runs_what_scripts_install_installs() -> None:
     assert "CONFIG=/etc/relay.toml\n" in install
 
 
+def test_the_unit_never_gives_up_restarting() -> None:
+    """A unit that stays failed after a burst of failed starts (a disk full for half a
+    minute at boot) leaves relay down until a person runs reset-failed; only a bad config
+    is not restarted."""
+    lines = UNIT.read_text().splitlines()
+    assert "StartLimitIntervalSec=0" in lines
+    assert not [line for line in lines if line.startswith("StartLimitBurst=")]
+    assert "Restart=on-failure" in lines and "RestartPreventExitStatus=78" in lines
+    assert "RestartSec=5" in lines  # no storm
+
+
 def test_verify_is_clean(tmp_path: Path) -> None:
     # verify checks that ExecStart's program exists and is executable, and /opt/relay exists
     # only after scripts/install: check a copy that runs a stand-in, otherwise the same file

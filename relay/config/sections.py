@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ByteSize, Field, SecretStr, field_validator, model_validator
@@ -40,6 +42,14 @@ class MqttConfig(Section):
     keepalive_s: int = Field(30, ge=5, le=3600)
     status_topic: str = ""  # default "relay/<node>/status": retained "online" / "offline"
     session_expiry: Duration = timedelta(days=1)
+    # A Mosquitto config on this box, for check-config to look at (relay.mqtt.mosquitto).
+    broker_config: OptionalPath = Path("/etc/mosquitto/mosquitto.conf")
+
+    @property
+    def local(self) -> bool:
+        """Whether the broker runs on this box (so its config may be here to read)."""
+        host = self.host.lower()
+        return host in ("localhost", "::1", socket.gethostname().lower()) or host.startswith("127.")
 
     @model_validator(mode="before")
     @classmethod

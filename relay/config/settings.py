@@ -14,7 +14,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from relay.config.devices import DeviceConfig
+from relay.config.devices import DeviceConfig, MqttDeviceConfig
 from relay.config.sections import (
     CommandsConfig,
     GpioConfig,
@@ -24,7 +24,7 @@ from relay.config.sections import (
     SpoolConfig,
 )
 from relay.config.sinks import AmqpSinkConfig, SinkConfig
-from relay.config.sources import SourceConfig
+from relay.config.sources import MqttSourceConfig, SourceConfig
 
 
 class Settings(BaseSettings):
@@ -52,6 +52,16 @@ class Settings(BaseSettings):
         if self.commands.amqp_queue and self.command_queue_url() is None:
             raise ValueError("commands.amqp_queue needs commands.amqp_url (or an amqp sink)")
         return self
+
+    def uses_mqtt(self) -> bool:
+        """Whether anything needs the [mqtt] broker: an MQTT source, the command topic, an
+        MQTT device, or Home Assistant discovery."""
+        return (
+            any(isinstance(s, MqttSourceConfig) for s in self.sources)
+            or bool(self.commands.mqtt_topic)
+            or any(isinstance(d, MqttDeviceConfig) for d in self.devices)
+            or self.homeassistant.discovery
+        )
 
     def command_queue_url(self) -> str | None:
         """Where ``commands.amqp_queue`` lives: ``commands.amqp_url``, else the first AMQP

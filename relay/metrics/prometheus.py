@@ -207,6 +207,18 @@ class SpoolCollector(Collector):
             "Input refused at the door (too large, bad topic) and dead-lettered, by source",
             tallies.rejected,
         )
+        if stats.broker is not None:
+            yield CounterMetricFamily(
+                "relay_broker_dropped_messages",
+                "Messages the MQTT broker said it dropped (all its clients; relay's may be "
+                "among them), as relay saw its $SYS counter rise",
+                stats.broker.dropped,
+            )
+            yield GaugeMetricFamily(
+                "relay_broker_dropping",
+                "1 while the MQTT broker's drop counter keeps rising",
+                int(stats.broker.dropping),
+            )
 
 
 def _by_source(name: str, documentation: str, counts: dict[str, int]) -> CounterMetricFamily:

@@ -86,6 +86,7 @@ class MqttConnection:
         self._client_id = cfg.client_id or f"relay-{node}"
         self._memo = SubscriptionMemo(state_dir, self._where, self._client_id)
         self._asked: list[tuple[str, int]] = []  # the subscriptions last sent to the broker
+        self._asked_mid: int | None = None  # the packet id of that SUBSCRIBE
         self._ack_lock = threading.Lock()  # every session's: check-and-ack against its end
         self._refused = LogOnce()  # a consumer handed messages back (a full disk)
         self._handed_back = False  # the current connection was handed back
@@ -268,35 +269,56 @@ class MqttConnection:
             except Exception:  # nothing may escape into paho's loop
                 log.exception("mqtt: a subscriber failed on connect")
 
-    def _wanted(self) -> list[tuple[str, int]]:
+    def _wanted(self, *, again: bool | None = None) -> list[tuple[str, int]]:
+        """Every subscriber's filters; with ``again``, only those that do (or do not)
+        subscribe again on every connection."""
         wanted: list[tuple[str, int]] = []
         for subscriber in self._subscribers:
-            wanted += [(t, int(q)) for t, q in subscriber.subscriptions() if (t, q) not in wanted]
-        return wanted
+            if again is None or subscriber.resubscribe == again:
+                wanted += [(t, int(q)) for t, q in subscriber.subscriptions()]
+        return list(dict.fromkeys(wanted))
 
     def _subscribe(self, client: mqtt.Client, *, session_present: bool) -> None:
-        wanted = self._wanted()
+        wanted, kept_ones = self._wanted(), self._wanted(again=False)
         if not wanted:
             return
+        kept = self._subscribed or self._memo.holds(kept_ones)
+        if kept and not session_present:
+            log.warning(
+                "mqtt: the broker at %s did not keep relay's session: what it held for relay "
+                "while relay was away is gone (a broker restart without persistence, or a "
+                "session older than session_expiry)",
+                self._where,
+            )
         # With our session still at the broker, our subscriptions are too, and subscribing
         # again would make it resend every retained message (MQTT 3.1.1, 3.8.4): a retained
         # "door open" would become a new event at each restart. In this process we know what
         # we subscribed; across restarts the memo in state_dir does.
-        if session_present and (self._subscribed or self._memo.holds(wanted)):
+        if session_present and kept:
             if not self._subscribed:  # once per process, as "subscribed to" is
-                topics = ", ".join(t for t, _ in wanted)
-                log.info("mqtt: subscribed to %s (kept in the broker's session)", topics)
+                log.info("mqtt: subscribed to %s (kept in the broker's session)", self._topics())
             self._subscribed = True
             self.subscribed.set()
+            if again := self._wanted(again=True):  # their retained messages, every time
+                client.subscribe(self._options(again, retain_handling=0))
             return
         self._memo.forget()  # until the broker grants these, the memo would say too much
-        if self.cfg.protocol == "5":
-            # Retain handling 1: retained messages only for a subscription that is new.
-            client.subscribe([(t, SubscribeOptions(qos=q, retainHandling=1)) for t, q in wanted])
-        else:
-            client.subscribe(wanted)
+        # Retain handling 1: retained messages only for a subscription that is new.
+        _, self._asked_mid = client.subscribe(self._options(wanted, retain_handling=1))
         self._asked = wanted
         self._subscribed = True
+
+    def _topics(self) -> str:
+        """What relay subscribes to, for a person: the broker's $SYS figures in a word."""
+        topics = [t for t, _ in self._wanted(again=False)]
+        if self._wanted(again=True):
+            topics.append("the broker's $SYS figures")
+        return ", ".join(topics)
+
+    def _options(self, topics: list[tuple[str, int]], *, retain_handling: int) -> list[Any]:
+        if self.cfg.protocol != "5":
+            return list(topics)
+        return [(t, SubscribeOptions(qos=q, retainHandling=retain_handling)) for t, q in topics]
 
     def _on_subscribe(
         self,
@@ -309,9 +331,11 @@ class MqttConnection:
         refused = [str(r) for r in reasons if r.is_failure]
         if refused:
             log.error("mqtt: the broker refused a subscription: %s", ", ".join(refused))
+        elif mid != self._asked_mid:
+            return  # the filters subscribed again on a kept session: nothing new to say
         else:
-            log.info("mqtt: subscribed to %s", ", ".join(t for t, _ in self._asked))
-            self._memo.save(self._asked)
+            log.info("mqtt: subscribed to %s", self._topics())
+            self._memo.save(self._wanted(again=False))
         self.subscribed.set()
 
     def _on_disconnect(

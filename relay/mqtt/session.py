@@ -105,6 +105,10 @@ class Subscriber(Protocol):
     Home Assistant's birth message. Its methods run on the connection's network thread:
     quick, never blocking on the network, never publishing."""
 
+    # Subscribe again on every connection, even when the broker kept the session: for
+    # filters whose retained messages are wanted each time (the broker's $SYS figures).
+    resubscribe: bool
+
     def subscriptions(self) -> Sequence[tuple[str, int]]:
         """The topic filters and the QoS of each, subscribed on every new session."""
 

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from relay.errors import SpoolError
 from relay.event import Command, Event
-from relay.spool import Chain, Done
+from relay.spool import Chain, Done, SourceKey
 
 
 class Intake(Protocol):
@@ -26,12 +26,25 @@ class Intake(Protocol):
         self, events: Sequence[Event], done: Done, *, chain: Chain | None = None
     ) -> None: ...
 
+    def put_once_async(
+        self,
+        event: Event,
+        key: SourceKey,
+        done: Callable[[bool | None, SpoolError | None], None],
+        *,
+        chain: Chain | None = None,
+    ) -> None: ...
+
     def reject_async(self, sink: str, event: Event, reason: str, done: Done) -> None: ...
 
     def record_command(self, cmd: Command) -> bool: ...
 
     def record_command_async(
-        self, cmd: Command, done: Callable[[bool | None, SpoolError | None], None]
+        self,
+        cmd: Command,
+        done: Callable[[bool | None, SpoolError | None], None],
+        *,
+        key: SourceKey | None = None,
     ) -> None: ...
 
     def sync(self) -> None: ...

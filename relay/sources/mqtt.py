@@ -8,6 +8,11 @@ spool is full, the disk is), the session is handed back: nothing more is acknowl
 and the connection is closed, so the broker keeps the messages and sends them again once
 relay reconnects and can store them.
 
+A message relay stored and then died before acknowledging comes again after the restart
+(same packet id, DUP set). Each message's key (its packet id and a digest of it) is stored
+with it, in the same commit, so such a redelivery is recognised and acknowledged without a
+second row: every duplicate a receiver sees carries the id of the first copy.
+
 The network thread (``on_message``) and the spool's writer thread (the commit callbacks) both
 work here.
 """
@@ -26,7 +31,7 @@ from relay.event import Command, Event, decode_payload
 from relay.mqtt import Message, Session
 from relay.mqtt.routes import matches
 from relay.sources import Intake
-from relay.spool import COMMAND_REJECTS, INGEST_REJECTS, Chain
+from relay.spool import COMMAND_REJECTS, INGEST_REJECTS, Chain, SourceKey
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +40,25 @@ DEFAULT_MAX_PAYLOAD = 256 * 1024
 Filter = tuple[str, int, int]  # (topic filter, QoS, max_payload)
 
 
+def key(msg: Message) -> SourceKey:
+    """The message's key in the spool: its packet id, and a digest of what the broker
+    would send again (topic, payload, QoS, retain), to be sure the id names this message."""
+    digest = hashlib.blake2b(msg.topic, digest_size=16)
+    digest.update(b"\0%d\0%d\0" % (msg.qos, msg.retain))
+    digest.update(msg.payload)
+    return SourceKey(msg.mid, digest.digest(), msg.dup)
+
+
 class _Door:
     """What both MQTT inputs do at the door: ack after the commit, or hand the session back;
     dead-letter what cannot be taken (metadata only, never the payload), then ack it."""
 
+    resubscribe = False
+
     def __init__(self, spool: Intake, node: str) -> None:
         self.spool = spool
         self.node = node
+        self._resent: Session | None = None  # the last session a redelivery was logged for
 
     def on_connect(self, session: Session) -> None:
         pass
@@ -56,6 +73,16 @@ class _Door:
             msg.ack()  # nothing if the session was handed back or has ended
         else:
             msg.session.hand_back(str(error))
+
+    def stored_once(self, new: bool | None, error: SpoolError | None, msg: Message) -> None:
+        """As :meth:`stored`, for a keyed write: ``new`` False, it was stored already."""
+        if error is None and not new and msg.session is not self._resent:
+            self._resent = msg.session  # one line per session, not one per message
+            log.info(
+                "mqtt: the broker sent again messages relay had stored before it stopped; "
+                "acknowledged, not stored twice"
+            )
+        self.stored(error, msg)
 
     def reject(self, msg: Message, name: str, reason: str, where: str = INGEST_REJECTS) -> None:
         detail = {
@@ -104,7 +131,15 @@ class MqttSource(_Door):
         event = Event.new(
             node=self.node, source="mqtt", name=topic, payload=decode_payload(msg.payload)
         )
-        self.spool.put_async([event], lambda error: self.stored(error, msg), chain=self._chain)
+        if not msg.qos:  # QoS 0: nothing is sent again, nothing to ack
+            self.spool.put_async([event], lambda error: self.stored(error, msg), chain=self._chain)
+            return
+        self.spool.put_once_async(
+            event,
+            key(msg),
+            lambda new, error: self.stored_once(new, error, msg),
+            chain=self._chain,
+        )
 
     def _limit(self, topic: str) -> int:
         if self._one_limit is not None:  # the common case; matching a filter costs 10 us
@@ -152,4 +187,4 @@ class MqttCommandSource(_Door):
                 self._recorded(cmd.id)
             self.stored(error, msg)
 
-        self.spool.record_command_async(cmd, done)
+        self.spool.record_command_async(cmd, done, key=key(msg) if msg.qos else None)

@@ -30,6 +30,7 @@ across them.
 from relay.spool.model import (
     COMMAND_REJECTS,
     INGEST_REJECTS,
+    BrokerDrops,
     Chain,
     DeadLetter,
     Done,
@@ -37,6 +38,7 @@ from relay.spool.model import (
     Lease,
     Record,
     SinkStats,
+    SourceKey,
     SpoolStats,
     WhenFull,
 )
@@ -47,6 +49,7 @@ __all__ = [
     "COMMAND_REJECTS",
     "INGEST_REJECTS",
     "ROW_OVERHEAD",
+    "BrokerDrops",
     "Chain",
     "DeadLetter",
     "Done",
@@ -54,6 +57,7 @@ __all__ = [
     "Lease",
     "Record",
     "SinkStats",
+    "SourceKey",
     "Spool",
     "SpoolStats",
     "WhenFull",

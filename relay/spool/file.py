@@ -9,7 +9,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from relay.errors import SpoolError
+from relay.errors import DiskUnavailable, SpoolError
 from relay.spool.model import Durability
 from relay.spool.schema import migrate
 
@@ -33,14 +33,14 @@ def open_file(path: Path, durability: Durability, *, check: bool) -> sqlite3.Con
     try:
         path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
     except OSError as exc:
-        raise SpoolError(f"cannot create state_dir {path.parent}: {exc.strerror}") from None
+        raise _error(path, f"cannot create state_dir {path.parent}: {exc.strerror}") from None
     _set_aside_stray_journal(path)
     conn = _connect(path)
     try:
         problem = _check(conn) if check else None
     except sqlite3.DatabaseError as exc:  # not the file: the disk (full, read-only, failing)
         conn.close()
-        raise SpoolError(f"cannot open spool {path}: {explain(path, exc)}") from None
+        raise _error(path, f"cannot open spool {path}: {explain(path, exc)}") from None
     if problem:
         conn.close()
         _quarantine(path, problem)
@@ -50,7 +50,7 @@ def open_file(path: Path, durability: Durability, *, check: bool) -> sqlite3.Con
         migrate(conn)
     except sqlite3.DatabaseError as exc:
         conn.close()
-        raise SpoolError(f"cannot open spool {path}: {explain(path, exc)}") from None
+        raise _error(path, f"cannot open spool {path}: {explain(path, exc)}") from None
     free = free_bytes(path.parent)
     if free is not None and free < LOW_SPACE:
         keep_wal_small(conn)
@@ -67,15 +67,26 @@ def open_file(path: Path, durability: Durability, *, check: bool) -> sqlite3.Con
 def explain(path: Path, exc: sqlite3.Error) -> str:
     """SQLite's message, with what it does not say: that the disk is full or read-only
     (it reports either as "disk I/O error" or "unable to open database file" at times)."""
+    trouble = disk_trouble(path.parent)
+    return f"{exc} ({trouble})" if trouble else str(exc)
+
+
+def disk_trouble(directory: Path) -> str | None:
+    """What keeps ``directory``'s disk from being written (read-only, full), or None."""
     try:
-        st = os.statvfs(path.parent)
+        st = os.statvfs(directory)
     except OSError:
-        return str(exc)
+        return None
     if st.f_flag & os.ST_RDONLY:
-        return f"{exc} ({path.parent} is on a read-only file system)"
+        return f"{directory} is on a read-only file system"
     if st.f_bavail * st.f_frsize < 64 * 1024:
-        return f"{exc} (no space left on the disk holding {path.parent})"
-    return str(exc)
+        return f"no space left on the disk holding {directory}"
+    return None
+
+
+def _error(path: Path, message: str) -> SpoolError:
+    """``DiskUnavailable`` when the disk is full or read-only, else ``SpoolError``."""
+    return DiskUnavailable(message) if disk_trouble(path.parent) else SpoolError(message)
 
 
 def keep_wal_small(conn: sqlite3.Connection) -> None:
@@ -110,7 +121,7 @@ def _connect(path: Path) -> sqlite3.Connection:
         # timeout: how long to wait for another process's write lock (relay push, relay dlq).
         return sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
     except sqlite3.Error as exc:
-        raise SpoolError(f"cannot open spool {path}: {explain(path, exc)}") from None
+        raise _error(path, f"cannot open spool {path}: {explain(path, exc)}") from None
 
 
 def _configure(conn: sqlite3.Connection, durability: Durability) -> None:

@@ -25,6 +25,18 @@ class Chain:
         self.broken: SpoolError | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class SourceKey:
+    """A producer's own key for a message it may send again (MQTT: the packet id, valid in
+    one session, and a digest of the message). ``resent``: the producer says it may have
+    sent it before (MQTT's DUP flag); only then is the key looked up, so a packet id the
+    broker gives to a new message is never taken for an old one."""
+
+    id: int
+    digest: bytes
+    resent: bool
+
+
 # Dead letters that belong to no sink (neither is a valid sink name, so none can clash):
 INGEST_REJECTS = "@ingest"  # messages refused at the door (over max_payload, topic not UTF-8)
 COMMAND_REJECTS = "@commands"  # device commands that cannot be understood (MQTT, AMQP)
@@ -88,6 +100,19 @@ class SinkStats:
 
 
 @dataclass(frozen=True)
+class BrokerDrops:
+    """What relay saw of its MQTT broker dropping messages (``relay.mqtt.drops``)."""
+
+    counter: int | None = None  # the broker's own drop counter, as last seen
+    dropped: int = 0  # what relay saw that counter rise by, in all
+    dropping: bool = False  # it rose, and has not been steady since
+    since: float | None = None  # wall time the current (or the last) rise began
+    last_drop_at: float | None = None  # wall time of the last rise
+    dropped_before: int = 0  # ``dropped`` when the current (or the last) rise began
+    visible: bool | None = None  # the broker's $SYS figures reach relay (None: not known)
+
+
+@dataclass(frozen=True)
 class SpoolStats:
     path: str
     durability: str
@@ -97,6 +122,7 @@ class SpoolStats:
     dropped: int
     sinks: list[SinkStats]
     disk_free: int | None = None  # bytes free on the disk holding the file (None: in memory)
+    broker: BrokerDrops | None = None  # None: relay never watched an MQTT broker
 
 
 @dataclass(frozen=True)

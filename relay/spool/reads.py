@@ -14,8 +14,15 @@ from typing import Any
 from relay.errors import SpoolError
 from relay.event import Command
 from relay.spool.file import free_bytes
-from relay.spool.model import DeadLetter, SinkRow, SinkStats, SpoolStats, Tallies
-from relay.spool.schema import COMMAND_COLUMNS, PENDING, QUEUED, RUNNING
+from relay.spool.model import (
+    BrokerDrops,
+    DeadLetter,
+    SinkRow,
+    SinkStats,
+    SpoolStats,
+    Tallies,
+)
+from relay.spool.schema import BROKER_KEYS, COMMAND_COLUMNS, PENDING, QUEUED, RUNNING
 
 Conn = sqlite3.Connection | sqlite3.Cursor
 
@@ -38,6 +45,12 @@ def pending(c: Conn, sink: str, cursor: int, limit: int) -> list[tuple[int, byte
         f"SELECT seq, body, spooled_at {PENDING} ORDER BY seq LIMIT ?", (cursor, sink, limit)
     ).fetchall()
     return rows
+
+
+def high_water(c: Conn) -> int:
+    """The highest event seq ever given: it never goes back, whatever was deleted."""
+    row = c.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
+    return int(row[0]) if row else 0
 
 
 def pending_count(c: Conn, sink: str, cursor: int) -> int:
@@ -117,7 +130,38 @@ def spool_stats(
     ]
     free = None if durability == "memory" else free_bytes(Path(path).parent)
     return SpoolStats(
-        path, durability, meta["bytes"], max_bytes, rows, meta["dropped"], sinks, free
+        path,
+        durability,
+        meta["bytes"],
+        max_bytes,
+        rows,
+        meta["dropped"],
+        sinks,
+        free,
+        _broker_drops(meta),
+    )
+
+
+def broker_drops(c: Conn) -> BrokerDrops | None:
+    """What relay saw of its broker dropping messages; None if it never watched one."""
+    marks = ",".join("?" * len(BROKER_KEYS))
+    return _broker_drops(
+        dict(c.execute(f"SELECT key, value FROM meta WHERE key IN ({marks})", BROKER_KEYS))
+    )
+
+
+def _broker_drops(meta: dict[str, int]) -> BrokerDrops | None:
+    if "broker_dropped" not in meta:
+        return None
+    counter, dropped, dropping, since, last, before, visible = (meta[k] for k in BROKER_KEYS)
+    return BrokerDrops(
+        counter=None if counter < 0 else counter,
+        dropped=dropped,
+        dropping=bool(dropping),
+        since=float(since) if since else None,
+        last_drop_at=float(last) if last else None,
+        dropped_before=before,
+        visible=None if visible < 0 else bool(visible),
     )
 
 

@@ -2,12 +2,14 @@
 share. Every ``CREATE`` of the spool is here.
 
     events        one row per event, in spool order (``seq``); ``sink`` set only on a replay
-                  for one sink (``relay dlq retry``)
+                  for one sink (``relay dlq retry``); ``mid`` and ``digest``: the producer's
+                  key for a message it may send again (MQTT: packet id, hash of the message)
     sinks         per sink: its cursor (every event at or below it is done for the sink), and
                   the failure counters of its head (``head_seq``)
     dead_letters  events given up on, per sink, with the reason
     meta          counters: bytes held, events dropped for room, events stored per source
-    commands      device commands, recorded before they run (``queued``, ``running``, ``done``)
+    commands      device commands, recorded before they run (``queued``, ``running``, ``done``),
+                  with the same producer's key
 
 ``PRAGMA user_version`` is the schema version; :func:`migrate` brings an older file up to it
 in place, one version per transaction.
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Bytes charged per row on top of its body (keys, record header, index entry), so that the
 # size cap tracks the file and not only the payloads.
@@ -28,6 +30,18 @@ ROW_OVERHEAD = 64
 PENDING = "FROM events WHERE seq > ? AND (sink IS NULL OR sink = ?)"
 EVENT_BYTES = f"coalesce(sum(length(body) + {ROW_OVERHEAD}), 0)"
 DL_BYTES = f"coalesce(sum(length(body) + length(reason) + {ROW_OVERHEAD}), 0)"
+
+# The broker's drops as relay saw them (``relay.mqtt.drops``), as integers in ``meta``: a
+# time is whole seconds (0: none), a figure not known is -1.
+BROKER_KEYS = (
+    "broker_counter",
+    "broker_dropped",
+    "broker_dropping",
+    "broker_since",
+    "broker_last_drop_at",
+    "broker_dropped_before",
+    "broker_visible",
+)
 
 # A device command's states.
 QUEUED, RUNNING, DONE = "queued", "running", "done"
@@ -86,6 +100,17 @@ MIGRATIONS: dict[int, list[str]] = {
             finished_at REAL
         )""",
         "CREATE INDEX commands_open ON commands (seq) WHERE state != 'done'",
+    ],
+    2: [
+        # A message the broker sends again after relay stored it (and died before its ack)
+        # is recognised by these, recorded in the same commit as the event.
+        "ALTER TABLE events ADD COLUMN mid INTEGER",
+        "ALTER TABLE events ADD COLUMN digest BLOB",
+        "ALTER TABLE commands ADD COLUMN mid INTEGER",
+        "ALTER TABLE commands ADD COLUMN digest BLOB",
+        # The newest event seq when the command was recorded: how far back it lies in the
+        # stream of messages (a command's outcome is an event, so the seq moves on).
+        "ALTER TABLE commands ADD COLUMN at_seq INTEGER",
     ],
 }
 

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from relay.config import SpoolConfig
 from relay.errors import SpoolClosed, SpoolError
@@ -18,20 +19,55 @@ from relay.event import Command, Event
 from relay.spool import file, reads
 from relay.spool.changes import Changes
 from relay.spool.model import (
+    BrokerDrops,
     Chain,
     DeadLetter,
     Done,
     Durability,
     Lease,
     Record,
+    SourceKey,
     SpoolStats,
     Tallies,
     WhenFull,
 )
 from relay.spool.txn import Txn
-from relay.spool.writer import ACK_DELAY_S, Writer
+from relay.spool.writer import ACK_DELAY_S, Reply, Writer
 
 log = logging.getLogger("relay.spool")
+
+T = TypeVar("T")
+
+
+def _chained(apply: Callable[[Txn], T], chain: Chain | None) -> Callable[[Txn], T]:
+    """``apply``, refused once ``chain`` is broken, and breaking it when refused."""
+    if chain is None:
+        return apply
+
+    def chained(t: Txn) -> T:
+        if chain.broken is not None:
+            raise SpoolError(f"not stored after an earlier refusal: {chain.broken}")
+        try:
+            return apply(t)
+        except SpoolError as exc:  # refused alone; the rest of its commit goes on
+            chain.broken = exc
+            raise
+
+    return chained
+
+
+def _chained_reply(reply: Reply[T], chain: Chain | None) -> Reply[T]:
+    """``reply``, breaking ``chain`` first when the whole commit failed: the writer runs the
+    replies before it starts the next commit, so nothing later on the chain is tried."""
+    if chain is None:
+        return reply
+
+    def replied(result: T | None, error: SpoolError | None) -> None:
+        if error is not None and chain.broken is None:
+            chain.broken = error
+        reply(result, error)
+
+    return replied
 
 
 class Spool:
@@ -165,27 +201,26 @@ class Spool:
         spool's blocking methods: it runs on the thread that would serve them. With a
         ``chain``, nothing is stored after the first put of that chain that was not.
         """
-        if chain is None:
-            self._writer.submit(lambda t: t.insert(events), lambda _, error: done(error))
-            return
+        self._writer.submit(
+            _chained(lambda t: t.insert(events), chain),
+            _chained_reply(lambda _, error: done(error), chain),
+        )
 
-        def insert(t: Txn) -> None:
-            if chain.broken is not None:
-                raise SpoolError(f"not stored after an earlier refusal: {chain.broken}")
-            try:
-                t.insert(events)
-            except SpoolError as exc:  # refused alone; the rest of its commit goes on
-                chain.broken = exc
-                raise
-
-        def finished(_: object, error: SpoolError | None) -> None:
-            # A commit that failed as a whole: its callbacks run before the writer starts
-            # the next one, so the chain is broken before anything later is tried.
-            if error is not None and chain.broken is None:
-                chain.broken = error
-            done(error)
-
-        self._writer.submit(insert, finished)
+    def put_once_async(
+        self,
+        event: Event,
+        key: SourceKey,
+        done: Callable[[bool | None, SpoolError | None], None],
+        *,
+        chain: Chain | None = None,
+    ) -> None:
+        """As :meth:`put_async`, for a message its producer may send again: ``key`` is
+        recorded with the event, in the same commit, and a message sent again
+        (``key.resent``) that is stored already is not stored twice. ``done(stored,
+        error)``: ``stored`` is False for such a message."""
+        self._writer.submit(
+            _chained(lambda t: t.insert_once(event, key), chain), _chained_reply(done, chain)
+        )
 
     def reject_async(self, sink: str, event: Event, reason: str, done: Done) -> None:
         """Store ``event`` straight into ``sink``'s dead letters, with ``reason``.
@@ -261,11 +296,17 @@ class Spool:
         return self._writer.call(lambda t: t.record_command(cmd))
 
     def record_command_async(
-        self, cmd: Command, done: Callable[[bool | None, SpoolError | None], None]
+        self,
+        cmd: Command,
+        done: Callable[[bool | None, SpoolError | None], None],
+        *,
+        key: SourceKey | None = None,
     ) -> None:
         """As :meth:`record_command`, reporting ``done(recorded, error)`` after the commit
-        (on the writer thread: ``done`` must be quick and must not call the spool)."""
-        self._writer.submit(lambda t: t.record_command(cmd), done)
+        (on the writer thread: ``done`` must be quick and must not call the spool). With a
+        ``key`` (see :meth:`put_once_async`), a command its producer sent again and that is
+        recorded already is not recorded twice (``recorded`` False)."""
+        self._writer.submit(lambda t: t.record_command(cmd, key), done)
 
     def start_command(self, command_id: str) -> None:
         """Mark it running, committed: from now on a crash makes it ``interrupted``."""
@@ -309,6 +350,19 @@ class Spool:
     def purge(self, sink: str | None = None, ids: Sequence[str] = ()) -> int:
         """Delete dead letters for good; returns how many."""
         return self._writer.call(lambda t: t.purge(sink, ids))
+
+    # ---------------------------------------------------------------- the MQTT broker
+
+    def broker_drops(self) -> BrokerDrops | None:
+        """What relay saw of its broker dropping messages (None: never watched one)."""
+        with self._rlock:
+            self._check_open()
+            return reads.broker_drops(self._rconn)
+
+    def note_broker_drops(self, drops: BrokerDrops) -> None:
+        """Keep ``drops`` for ``relay status``; returns at once. A status, not an event: it
+        is committed as an ack is (no fsync of its own, maybe a little later)."""
+        self._writer.ack(lambda t: t.note_broker_drops(drops))
 
     # ---------------------------------------------------------------- observing
 

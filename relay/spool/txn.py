@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from relay.errors import SpoolFull
 from relay.event import Command, Event
 from relay.spool import reads
-from relay.spool.model import WhenFull
+from relay.spool.model import BrokerDrops, SourceKey, WhenFull
 from relay.spool.schema import (
+    BROKER_KEYS,
     COMMAND_COLUMNS,
     DL_BYTES,
     DONE,
@@ -33,6 +34,14 @@ log = logging.getLogger("relay.spool")
 
 TRIM_BATCH = 512  # delete delivered rows this many at a time: fewer, larger page writes
 KEEP_DONE = 10_000  # finished commands remembered, so that a repeated id is recognised
+# Rows with a producer's key (MQTT) among the newest KEEP_KEYED seqs stay after delivery: they
+# recognise what the broker sends again after relay died between the commit and the ack.
+# What can come again is what was committed but not acknowledged: a commit or two (at most
+# 1024 operations each), far fewer than this. The broker gives a packet id to a new message
+# only after the old one was acknowledged, counting up to 65535 before it reuses one, so a
+# kept row's id cannot stand for a newer message (unless the broker's own state rolls back:
+# a broker restored from its autosave after a crash may count from an earlier id).
+KEEP_KEYED = 4096
 # Sources counted by name in the file's tallies; any other (``relay.push(source=...)`` takes
 # any string) counts as "other", so that the tallies, and the metrics read from them, stay
 # a handful of rows.
@@ -50,7 +59,7 @@ class Txn:
         self.dropped = 0
         self._used: int | None = None  # the byte count, read when first needed
         self._trim_due = False  # something moved a cursor or freed rows
-        self._rows: list[tuple[str, bytes, float]] = []
+        self._rows: list[tuple[str, bytes, float, int | None, bytes | None]] = []
         self._tallies: dict[str, int] = {}  # "ingested:<source>" -> events this batch
 
     @property
@@ -89,16 +98,29 @@ class Txn:
     def flush(self) -> None:
         if self._rows:
             self.c.executemany(
-                "INSERT INTO events (id, body, spooled_at) VALUES (?, ?, ?)", self._rows
+                "INSERT INTO events (id, body, spooled_at, mid, digest) VALUES (?, ?, ?, ?, ?)",
+                self._rows,
             )
             self._rows = []
 
     # ------------------------------------------------------------ producers
 
-    def insert(self, events: Sequence[Event], *, force: bool = False) -> None:
-        """Queue events for every sink. ``force``: past the size cap (command outcomes)."""
-        rows = [(e.id, e.to_json(), self.now) for e in events]
-        need = sum(len(body) + ROW_OVERHEAD for _, body, _ in rows)
+    def insert_once(self, event: Event, key: SourceKey) -> bool:
+        """Queue ``event`` with its producer's ``key``; False (nothing stored) when the key
+        says the producer sent it before and it is stored already."""
+        if key.resent and self._seen(key):
+            return False
+        self.insert((event,), key=key)
+        return True
+
+    def insert(
+        self, events: Sequence[Event], *, force: bool = False, key: SourceKey | None = None
+    ) -> None:
+        """Queue events for every sink. ``force``: past the size cap (command outcomes);
+        ``key``: the producer's, recorded with them."""
+        mid, digest = (key.id, key.digest) if key is not None else (None, None)
+        rows = [(e.id, e.to_json(), self.now, mid, digest) for e in events]
+        need = sum(len(r[1]) + ROW_OVERHEAD for r in rows)
         if self.used + need > self.max_bytes and not force:
             self.flush()
             self.trim(force=True)  # delivered rows still waiting for a batch delete
@@ -115,6 +137,17 @@ class Txn:
         sources = [e.source for e in events]
         for source in set(sources):  # one or two sources per batch: a count each, in C
             self._tally("ingested", source, sources.count(source))
+
+    def _seen(self, key: SourceKey) -> bool:
+        """Whether an event with ``key`` is among the newest rows (see ``KEEP_KEYED``)."""
+        self.flush()
+        return (
+            self.c.execute(
+                "SELECT 1 FROM events WHERE seq > ? AND mid = ? AND digest = ? LIMIT 1",
+                (reads.high_water(self.c) - KEEP_KEYED, key.id, key.digest),
+            ).fetchone()
+            is not None
+        )
 
     def _drop_oldest(self, excess: int) -> None:
         freed = dropped = 0
@@ -270,7 +303,8 @@ class Txn:
     # ------------------------------------------------------------ housekeeping
 
     def trim(self, *, force: bool = False) -> None:
-        """Delete rows every sink is done with, a batch at a time (all of them if ``force``)."""
+        """Delete rows every sink is done with, a batch at a time; all of them if ``force``
+        (room is needed), the keyed ones that recognise a redelivery (``KEEP_KEYED``) too."""
         c = self.c
         low = c.execute("SELECT min(cursor) FROM sinks").fetchone()[0]
         # Two subqueries: min() and max() in one SELECT would scan the whole table.
@@ -279,13 +313,17 @@ class Txn:
         ).fetchone()
         if low is None or first is None or low < first:
             return
-        if low - first + 1 < TRIM_BATCH and low < last and not force:
-            return  # wait for a fuller batch, unless every sink has caught up
         upto = low if force else min(low, first + 16 * TRIM_BATCH)
-        freed = c.execute(
-            f"SELECT {EVENT_BYTES} FROM events WHERE seq <= ? AND sink IS NULL", (upto,)
-        ).fetchone()[0]
-        c.execute("DELETE FROM events WHERE seq <= ? AND sink IS NULL", (upto,))
+        done = "FROM events WHERE seq <= ? AND sink IS NULL"
+        args: tuple[int, ...] = (upto,)
+        if not force:
+            done += " AND (mid IS NULL OR seq <= ?)"
+            args = (upto, reads.high_water(c) - KEEP_KEYED)
+        count, freed = c.execute(f"SELECT count(*), {EVENT_BYTES} {done}", args).fetchone()
+        if count < TRIM_BATCH and low < last and not force:
+            return  # wait for a fuller batch, unless every sink has caught up
+        if count:
+            c.execute(f"DELETE {done}", args)
         # A replay for one sink goes as soon as that sink has it.
         for sink, cursor in c.execute("SELECT name, cursor FROM sinks").fetchall():
             mine = "FROM events WHERE sink IS NOT NULL AND sink = ? AND seq <= ?"
@@ -295,14 +333,42 @@ class Txn:
                 freed += size
         self.used -= freed
 
+    # ------------------------------------------------------------ the broker
+
+    def note_broker_drops(self, d: BrokerDrops) -> None:
+        values = (
+            -1 if d.counter is None else d.counter,
+            d.dropped,
+            int(d.dropping),
+            int(d.since or 0),
+            int(d.last_drop_at or 0),
+            d.dropped_before,
+            -1 if d.visible is None else int(d.visible),
+        )
+        self.c.executemany(
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            list(zip(BROKER_KEYS, values, strict=True)),
+        )
+
     # ------------------------------------------------------------ device commands
 
-    def record_command(self, cmd: Command) -> bool:
-        """Queue ``cmd``; False (and nothing stored) when its id was seen before."""
+    def record_command(self, cmd: Command, key: SourceKey | None = None) -> bool:
+        """Queue ``cmd``; False (and nothing stored) when its id was seen before, or when
+        ``key`` says the producer sent it before and it is recorded already."""
         self.flush()
+        at_seq = reads.high_water(self.c)
+        if key is not None and key.resent:
+            seen = self.c.execute(
+                "SELECT 1 FROM commands WHERE mid = ? AND digest = ? AND at_seq > ? LIMIT 1",
+                (key.id, key.digest, at_seq - KEEP_KEYED),
+            ).fetchone()
+            if seen is not None:
+                return False
+        mid, digest = (key.id, key.digest) if key is not None else (None, None)
         try:
             self.c.execute(
-                f"INSERT INTO commands ({COMMAND_COLUMNS}, state) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO commands ({COMMAND_COLUMNS}, state, mid, digest, at_seq) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     cmd.id,
                     cmd.device,
@@ -311,6 +377,9 @@ class Txn:
                     cmd.source,
                     cmd.received_at,
                     QUEUED,
+                    mid,
+                    digest,
+                    at_seq,
                 ),
             )
         except sqlite3.IntegrityError:

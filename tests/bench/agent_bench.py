@@ -16,7 +16,10 @@ the same run where one means something:
 - bytes written to storage per event (/proc/<pid>/io write_bytes, the SD card's wear) as
   events flow at ``--rate`` and in a burst of ``--burst``, durability "full" and "normal":
   against the size of the event's JSON (the ratio is the write amplification);
-- idle CPU ticks and wake-ups over ``--idle`` seconds: no baseline, 0 is the goal.
+- idle CPU ticks and wake-ups over ``--idle`` seconds: no baseline, 0 is the goal;
+- kill -9 to the MQTT session resumed: from exec to relay's "subscribed" line (the broker
+  delivers what it queued from then on), after a kill -9, on an empty spool and with
+  ``--resume-backlog`` queued: against exec to READY=1 on an empty spool.
 
 Prints one table (``--json``: the rows of tests/bench/run_all's table instead).
 """
@@ -187,9 +190,41 @@ class Bench:
             rss, peak = status_kb(agent.pid, "VmRSS"), status_kb(agent.pid, "VmHWM")
         return ticks, woke, rss / 1024, peak / 1024
 
-    def backlog(self, n: int) -> tuple[float, float, float]:
-        """Start-up time, RSS and peak RSS (MB) of an agent with ``n`` events queued."""
-        state = self.tmp / "backlog"
+    def resume(self, n: int) -> float:
+        """Median seconds from exec to the MQTT session resumed, after a kill -9, with
+        ``n`` events queued (a sink at a closed port keeps them there)."""
+        state = self.tmp / f"resume-{n}"
+        self.fill(state, n)
+        cfg = self.config(self.closed_url(), state=state)
+        cfg.write_text(cfg.read_text().replace('log_level = "warning"', 'log_level = "info"'))
+        self.until_subscribed(cfg).kill()  # the session and the subscription memo
+        times = []
+        for _ in range(STARTS):
+            began = time.monotonic()
+            proc = self.until_subscribed(cfg)
+            times.append(time.monotonic() - began)
+            proc.kill()  # kill -9: what a power cut or a crash leaves
+            proc.wait()
+        return statistics.median(times)
+
+    def until_subscribed(self, cfg: Path) -> subprocess.Popen[bytes]:
+        """``relay run`` on ``cfg``, returned once it logged its MQTT subscriptions."""
+        log = self.tmp / f"resume-{uuid.uuid4().hex[:8]}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [*RELAY, "run", "--config", str(cfg)], stdout=out, stderr=out,
+                stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while b"mqtt: subscribed" not in log.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"relay did not subscribe: {log.read_text()[-2000:]}")
+            time.sleep(0.002)
+        return proc
+
+    def fill(self, state: Path, n: int) -> None:
+        """A spool at ``state`` with ``n`` events queued for the sink "cloud"."""
         with Spool.open(state, durability="normal", max_bytes=4_000_000_000) as spool:
             spool.register_sinks(["cloud"])
             for i in range(0, n, 1000):
@@ -199,6 +234,11 @@ class Bench:
                         for j in range(i, min(i + 1000, n))
                     ]
                 )
+
+    def backlog(self, n: int) -> tuple[float, float, float]:
+        """Start-up time, RSS and peak RSS (MB) of an agent with ``n`` events queued."""
+        state = self.tmp / "backlog"
+        self.fill(state, n)
         with self.agent(self.config(self.closed_url(), state=state)) as agent:
             time.sleep(5)  # the forwarder leases the head, fails, backs off
             rss, peak = status_kb(agent.pid, "VmRSS"), status_kb(agent.pid, "VmHWM")
@@ -254,6 +294,17 @@ def run(bench: Bench, args: argparse.Namespace) -> list[Row]:
             row(f"start-up, {q}", "ms", 1000 * backlog_startup, 1000 * startup, "empty spool")
         )
     rows += startup_rows
+    kill = "kill -9 to MQTT session resumed"
+    empty = bench.resume(0)
+    rows.append(row(f"{kill}, empty spool", "ms", 1000 * empty, 1000 * startup, "READY=1, empty"))
+    if args.resume_backlog:
+        queued = bench.resume(args.resume_backlog)
+        rows.append(
+            row(
+                f"{kill}, {args.resume_backlog:,} queued", "ms", 1000 * queued, 1000 * empty,
+                "resumed, empty spool",
+            )
+        )  # fmt: skip
     flows = {"full": full, "normal": normal}
     rows += [
         row(f"disk writes, {rate:g}/s, {d}", "B/event", flows[d][1], size, "event JSON")
@@ -273,6 +324,9 @@ def main() -> None:
     p.add_argument("--idle", type=float, default=60, help="seconds of the idle measurement")
     p.add_argument("--backlog", type=int, default=1_000_000, help="0: skip that figure")
     p.add_argument("--burst", type=int, default=10_000, help="events of the disk-write burst")
+    p.add_argument(
+        "--resume-backlog", type=int, default=100_000, help="events queued at the kill -9 (0: skip)"
+    )
     p.add_argument("--json", action="store_true", help="print run_all's rows as JSON")
     args = p.parse_args()
     rows = measure(args)

@@ -36,6 +36,7 @@ from tests.fault.harness import (
 from tests.helpers.brokers import PrivateMosquitto
 from tests.helpers.http_server import RemoteServer, Reply
 from tests.helpers.mqtt import Publisher, spooled, unique
+from tests.test_systemd_agent import FakeSystemd
 
 pytestmark = [pytest.mark.root]
 
@@ -217,35 +218,63 @@ def test_a_small_disk_is_not_filled_by_the_wal(tmp_path: Path, broker: PrivateMo
             assert not agent.find(FULL), agent.tail()
 
 
-def test_full_disk_at_start_is_one_clear_line_and_the_spool_is_kept(tmp_path: Path) -> None:
-    """Opening a WAL database needs room for its -shm file: on a full disk SQLite says
-    "disk I/O error". relay used to take that for a corrupt file, move the spool aside
-    (its events with it) and then crash in its clean-up."""
-    with tmpfs(tmp_path / "state") as state:
+@pytest.mark.slow
+def test_full_disk_at_start_is_waited_out(tmp_path: Path, broker: PrivateMosquitto) -> None:
+    """A disk full when relay starts (it opens its spool, the WAL needs room for its -shm
+    file: SQLite says "disk I/O error"): one line naming the disk, no exit, the spool kept
+    as it is (a full disk is not a corrupt file), and the MQTT session left at the broker,
+    which keeps the messages. The space comes back 30 s later: everything is delivered
+    within 60 s, with no restart by hand."""
+    topic, total = unique("full/"), 200
+    with tmpfs(tmp_path / "state") as state, RemoteServer() as remote:
         agent = AgentProcess(
-            tmp_path / "agent", http_sink_part("http://127.0.0.1:9/x"), state_dir=state
-        )
-        for n in range(3):
-            agent.push("door", {"n": n})
-        filler = fill(state)
-        agent.start(ready=None)
-        code = agent.wait_exit(20)
-        problems = [ln for ln in agent.text().splitlines() if not ln.startswith("INFO")]
-        assert code == 1, agent.text()
-        assert len(problems) == 1 and problems[0].startswith("CRITICAL"), agent.text()
-        assert FULL in problems[0] and str(state) in problems[0]
-        assert not list(state.glob("spool.db.corrupt-*")), "a sound spool was set aside"
-        filler.unlink()
-        assert [n for n, _ in numbered(spooled(state))] == [0, 1, 2]  # still there, in order
+            tmp_path / "agent", mqtt_part(broker.port, topic), http_sink_part(remote.url),
+            state_dir=state,
+        )  # fmt: skip
+        with agent, Publisher(broker.host, broker.port) as pub:
+            agent.start(ready="mqtt: subscribed")  # the session, and its subscription
+            assert agent.terminate() == 0, agent.tail()
+            for n in range(3):
+                agent.push("door", {"n": -1 - n})  # already in the spool
+            filler = fill(state)
+            mark = agent.start(ready=None)
+            line = agent.wait_line(FULL, 20, since=mark)
+            pub.wait([pub.publish(f"{topic}/seq", json.dumps({"n": n})) for n in range(total)])
+            time.sleep(30)  # the outage: relay must wait it out, not exit
+            problems = [ln for ln in noisy(agent, mark) if not ln.startswith("INFO")]
+            assert agent.running, agent.tail()
+            assert problems == [line.text], problems  # one line, not one per try
+            assert line.text.startswith("ERROR") and str(state) in line.text, line.text
+            assert not list(state.glob("spool.db.corrupt-*")), "a sound spool was set aside"
+            filler.unlink()
+            freed_at = time.monotonic()
+            ledger, pushed = Ledger(range(total)), Ledger([-1, -2, -3])
+
+            def everything() -> bool:
+                ledger.replace("cloud", http_numbers(remote, f"{topic}/seq"))
+                pushed.replace("cloud", http_numbers(remote, "door"))
+                return ledger.complete("cloud") and pushed.complete("cloud")
+
+            wait_until(
+                everything,
+                60,
+                "everything delivered after space was freed",
+                agent.tail,
+            )
+            delivered = time.monotonic() - freed_at
+            ledger.check("cloud")
+            assert agent.find("can be written again", since=mark), agent.tail()
+            assert integrity_check(state) == "ok"
+    print(f"\ndisk full at start: waited; all delivered {delivered:.1f}s after space was freed")
 
 
 @pytest.mark.parametrize("spool_exists", [False, True], ids=["first-start", "existing-spool"])
-def test_read_only_state_dir_is_one_clear_line_at_start(tmp_path: Path, spool_exists: bool) -> None:
+def test_read_only_state_dir_is_waited_out(tmp_path: Path, spool_exists: bool) -> None:
     """A state dir that turned read-only (an SD card the kernel remounted ro after errors):
-    `relay run` exits 1 at once with one CRITICAL line naming the directory, so systemd
-    restarts it after RestartSec= (5 s) and gives up after StartLimitBurst= (5 in 5 min)
-    rather than looping; exit 1 (runtime failure), not 78: the config is not wrong, and
-    the file system may come back writable."""
+    one line naming the directory at once, then relay waits (READY=1 and the watchdog
+    meanwhile, under systemd) instead of exiting into a restart loop; the config is not
+    wrong, and the file system may come back writable. When it does, relay starts by
+    itself."""
     state = tmp_path / "state"
     state.mkdir()
     agent = AgentProcess(
@@ -254,17 +283,28 @@ def test_read_only_state_dir_is_one_clear_line_at_start(tmp_path: Path, spool_ex
     if spool_exists:
         agent.push("door", {"n": 0})
     before = sorted(p.name for p in state.iterdir())
-    with read_only(state):
-        started = time.monotonic()
-        agent.start(ready=None)
-        code = agent.wait_exit(20)
-        took = time.monotonic() - started
-        problems = [ln for ln in agent.text().splitlines() if not ln.startswith("INFO")]
-        push = agent.cli("push", "door")
-        assert sorted(p.name for p in state.iterdir()) == before  # nothing moved or made
-    assert code == 1, agent.text()
-    assert len(problems) == 1 and problems[0].startswith("CRITICAL"), agent.text()
-    assert str(state) in problems[0] and "Read-only file system" in problems[0], problems
+    systemd = FakeSystemd(tmp_path / "notify.sock")  # the watchdog: 1 ping a second
+    notify = {"NOTIFY_SOCKET": str(systemd.path), "WATCHDOG_USEC": "2000000"}
+    with agent:
+        with read_only(state):
+            started = time.monotonic()
+            mark = agent.start(ready=None, env=notify)
+            line = agent.wait_line("Read-only file system", 10, since=mark)
+            took = time.monotonic() - started
+            push = agent.cli("push", "door")
+            time.sleep(3)  # a few tries at the disk: each is not a line
+            problems = [ln for ln in agent.text(mark).splitlines() if not ln.startswith("INFO")]
+            waiting = systemd.texts()
+            assert sorted(p.name for p in state.iterdir()) == before  # nothing moved or made
+            assert agent.running, agent.tail()
+        agent.wait_line("relay started", 30, since=mark)
+    systemd.close()
+    # Under systemd: up and waiting on purpose, and saying why; the watchdog is pinged.
+    assert "READY=1" in waiting, waiting
+    assert any(t.startswith("STATUS=waiting: ") and "Read-only" in t for t in waiting), waiting
+    assert waiting.count("WATCHDOG=1") >= 2, waiting
+    assert problems == [line.text], problems
+    assert line.text.startswith("ERROR") and str(state) in line.text, line.text
     assert took < 10
     assert push.returncode == 1 and push.stderr.count("\n") == 1, push
     assert "read-only" in push.stderr and str(state) in push.stderr, push.stderr
