@@ -2,7 +2,10 @@
 
 Full jitter (a delay drawn uniformly from zero up to the exponential ceiling) spreads the
 retries of many relays that lost the same service at the same moment, so that they do not
-come back in lock-step when it recovers.
+come back in lock-step when it recovers. With ``at_once``, the first retry goes without
+waiting: a service that fails one request in five, but is up, then costs one more request
+now and then instead of a wait each time; the backoff starts from the second failure in a
+row, which is where an outage shows.
 """
 
 from __future__ import annotations
@@ -17,9 +20,14 @@ class Backoff:
     initial: float = 0.5
     factor: float = 2.0
     cap: float = 300.0
+    at_once: bool = False  # the first retry does not wait (Retry-After still counts)
 
     def ceiling(self, attempt: int) -> float:
         """The most the ``attempt``-th retry (1, 2, ...) may wait."""
+        if self.at_once:
+            if attempt <= 1:
+                return 0.0
+            attempt -= 1
         exponent = min(max(attempt - 1, 0), 64)  # beyond this the cap has long won
         return min(self.cap, self.initial * self.factor**exponent)
 

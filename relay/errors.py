@@ -84,7 +84,15 @@ class TransientError(SendError):
 
 
 class PermanentError(SendError):
-    """The far end refused this event; retrying the same bytes will not help."""
+    """The far end refused an event; retrying the same bytes will not help.
+
+    ``exact``: the refused event is the one right after the ``delivered`` ones (a sink that
+    hears of each event, such as AMQP and Redis). Otherwise the whole batch was refused and
+    the forwarder looks for the event that was."""
+
+    def __init__(self, message: str, *, delivered: int = 0, exact: bool = False) -> None:
+        super().__init__(message, delivered=delivered)
+        self.exact = exact
 
 
 class DeviceError(RelayError):

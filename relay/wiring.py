@@ -125,8 +125,13 @@ def policy(cfg: SinkConfig) -> Policy:
     return Policy(
         max_retries=cfg.max_retries,
         max_age=cfg.max_age.total_seconds() if cfg.max_age is not None else None,
+        # The first retry goes at once: a far end that fails now and then costs a request,
+        # not a wait; the backoff starts with the second failure in a row.
         backoff=Backoff(
-            cfg.retry_initial.total_seconds(), cfg.retry_factor, cfg.retry_max.total_seconds()
+            cfg.retry_initial.total_seconds(),
+            cfg.retry_factor,
+            cfg.retry_max.total_seconds(),
+            at_once=True,
         ),
         batch_max=cfg.batch,
         # A send is bounded by the sink's timeout; a step far past it is a wedged thread.

@@ -60,3 +60,11 @@ def test_parse_retry_after_http_date() -> None:
     assert parse_retry_after(formatdate(now + 90, usegmt=True), now) == pytest.approx(90, abs=1)
     assert parse_retry_after(formatdate(now - 90, usegmt=True), now) == 0.0
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00", now) is None  # no zone: not HTTP
+
+
+def test_at_once_retries_first_then_backs_off() -> None:
+    b, rng = Backoff(initial=0.1, factor=2, cap=30, at_once=True), random.Random(5)
+    assert [b.ceiling(n) for n in (1, 2, 3, 4)] == [0.0, 0.1, 0.2, 0.4]
+    assert b.delay(1, rng) == 0.0
+    assert b.delay(1, rng, retry_after=1) == 1  # the far end's word still counts
+    assert 0 <= b.delay(2, rng) <= 0.1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import sqlite3
 import threading
@@ -182,8 +183,8 @@ def test_refused_batch_is_split_to_find_the_poison(spool: Spool) -> None:
     assert Event.from_json(spool.dead_letters()[0].body).payload == 2
     delivered = [n for b in sink.batches if 2 not in b for n in b]
     assert delivered == [0, 1, 3, 4, 5]
-    assert sink.batches[0] == [0, 1, 2, 3]  # then one at a time up to 3, then batches again
-    assert sink.batches[-1] == [4, 5]
+    assert sink.batches[0] == [0, 1, 2, 3]  # then by halves to 2, then batches again
+    assert sink.batches[-1] == [3, 4, 5]
 
 
 def test_partial_delivery_acks_the_front(spool: Spool) -> None:
@@ -240,3 +241,54 @@ def test_the_last_ack_of_a_drain_is_committed_at_once(tmp_path: Path) -> None:
         # What relay status, another process, reads: the file itself.
         with sqlite3.connect(tmp_path / "spool.db") as other:
             assert other.execute("SELECT cursor FROM sinks").fetchone()[0] == 3
+
+
+@pytest.mark.parametrize("bad", [0, 50, 99])
+def test_a_refused_event_is_found_by_halves(spool: Spool, bad: int) -> None:
+    """One event refused in a batch of 100: about log2(100) more requests to find it, its
+    own max_retries, and batching again after it; the other 99 delivered in order."""
+    put(spool, *range(100))
+    sink = FakeSink()
+    sink.answer = lambda b: PermanentError("HTTP 400: bad event") if bad in b else None
+    max_retries = 5
+    drain(make(spool, sink, batch_max=100, max_retries=max_retries))
+    assert len(sink.batches) <= 2 * math.log2(100) + max_retries + 1, sink.batches
+    delivered = [n for b in sink.batches if bad not in b for n in b]
+    assert delivered == [n for n in range(100) if n != bad]
+    assert sink.batches.count([bad]) == max_retries + 1  # it alone, max_retries times more
+    [dl] = spool.dead_letters()
+    assert Event.from_json(dl.body).payload == bad
+    assert dl.reason == f"HTTP 400: bad event (refused {max_retries + 1} times)"
+
+
+def test_two_refused_events_in_one_batch(spool: Spool) -> None:
+    put(spool, *range(40))
+    sink = FakeSink()
+    sink.answer = lambda b: PermanentError("HTTP 400") if {7, 30} & set(b) else None
+    drain(make(spool, sink, batch_max=40, max_retries=0))
+    delivered = [n for b in sink.batches if not {7, 30} & set(b) for n in b]
+    assert delivered == [n for n in range(40) if n not in (7, 30)]
+    assert sorted(Event.from_json(d.body).payload for d in spool.dead_letters()) == [7, 30]
+    assert len(sink.batches) <= 2 * (2 * math.log2(40) + 1)
+
+
+def test_a_transient_failure_retries_the_half_whole(spool: Spool) -> None:
+    """While halving, a 503 is a retry of the same request, not a clue."""
+    put(spool, *range(8))
+    sink = FakeSink()
+    answers = iter([PermanentError("HTTP 400"), TransientError("HTTP 503")])
+    sink.answer = lambda b: next(answers, None) if 5 in b or len(b) == 4 else None
+    drain(make(spool, sink, batch_max=8, max_retries=0))
+    assert sink.batches[:3] == [list(range(8)), [0, 1, 2, 3], [0, 1, 2, 3]]
+
+
+def test_an_exact_sink_names_the_refused_event(spool: Spool) -> None:
+    """AMQP and Redis hear of each event: the one refused is known, nothing is halved."""
+    put(spool, *range(6))
+    sink = FakeSink()
+    sink.answer = lambda b: (
+        PermanentError("returned", delivered=b.index(2), exact=True) if 2 in b else None
+    )
+    drain(make(spool, sink, batch_max=6, max_retries=1))
+    assert sink.batches == [[0, 1, 2, 3, 4, 5], [2, 3, 4, 5], [3, 4, 5]]
+    assert [Event.from_json(d.body).payload for d in spool.dead_letters()] == [2]

@@ -13,7 +13,7 @@ import pytest
 from relay.errors import SpoolError
 from relay.event import Command, Event
 from relay.spool import SourceKey, Spool
-from relay.spool.txn import KEEP_KEYED
+from relay.spool.schema import KEEP_KEYED
 
 
 @pytest.fixture

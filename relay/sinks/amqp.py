@@ -144,7 +144,7 @@ class AmqpSink:
         if result is not None:
             delivered, outcome, reason = result
             if outcome is Outcome.RETURNED:
-                raise PermanentError(reason, delivered=delivered)
+                raise PermanentError(reason, delivered=delivered, exact=True)
             if outcome is Outcome.NACKED:
                 raise TransientError(
                     f"{self._where} did not take an event (basic.nack)", delivered=delivered

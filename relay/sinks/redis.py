@@ -175,7 +175,7 @@ class RedisSink:
             if code == "READONLY":
                 self._drop()  # after a failover, the url's host name may lead elsewhere
             raise TransientError(f"{message} ({_TRANSIENT[code]})", delivered=index)
-        raise PermanentError(message, delivered=index)
+        raise PermanentError(message, delivered=index, exact=True)
 
     def _connected(self) -> None:
         if not self._up:

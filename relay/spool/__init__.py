@@ -19,6 +19,8 @@ across them.
     model.py     what the spool hands out (records, leases, dead letters, stats)
     file.py      the file: opening it, pragmas, free space, corrupt-file handling
     reads.py     every read: sink rows and pending events, dead letters, commands, stats
+    chain.py     puts stored in order or not at all (the MQTT source's, per connection)
+    overlay.py   acks and retry counters this process wrote, maybe not committed yet
     txn.py       every write (events, acks, retries, dead letters, commands), inside one
                  group-commit transaction
     writer.py    the writer thread: the bounded operation queue, group commit, acks
@@ -27,11 +29,11 @@ across them.
     spool.py     the thread-safe ``Spool`` that composes them: the public API
 """
 
+from relay.spool.chain import Chain
 from relay.spool.model import (
     COMMAND_REJECTS,
     INGEST_REJECTS,
     BrokerDrops,
-    Chain,
     DeadLetter,
     Done,
     Durability,

@@ -14,17 +14,6 @@ WhenFull = Literal["reject", "drop_oldest"]
 Done = Callable[[SpoolError | None], None]
 
 
-class Chain:
-    """Puts that must be stored in the order they were queued, or not at all: once one is
-    refused (a full disk), every later one on the same chain is refused too, so that what
-    the producer gives back and sends again cannot land behind what came after it. Used
-    by the MQTT source, one chain per broker connection. Read and set on the writer thread.
-    """
-
-    def __init__(self) -> None:
-        self.broken: SpoolError | None = None
-
-
 @dataclass(frozen=True, slots=True)
 class SourceKey:
     """A producer's own key for a message it may send again (MQTT: the packet id, valid in

@@ -22,6 +22,7 @@ from relay.spool.model import (
     SpoolStats,
     Tallies,
 )
+from relay.spool.overlay import Overlay
 from relay.spool.schema import BROKER_KEYS, COMMAND_COLUMNS, PENDING, QUEUED, RUNNING
 
 Conn = sqlite3.Connection | sqlite3.Cursor
@@ -111,18 +112,19 @@ def _commands(c: Conn, where: str, args: tuple[object, ...]) -> list[Command]:
 
 
 def spool_stats(
-    c: Conn, *, path: str, durability: str, max_bytes: int, acked: dict[str, int]
+    c: Conn, *, path: str, durability: str, max_bytes: int, unsettled: Overlay | None = None
 ) -> SpoolStats:
     """The statistics of the spool file.
 
     ``path``, ``durability`` and ``max_bytes`` are the caller's settings, reported as given;
-    the free space is that of ``path``'s disk. ``acked``: per sink, a cursor acked but
-    perhaps not committed yet (what this process knows beyond the file).
+    the free space is that of ``path``'s disk. ``unsettled``: what this process wrote that
+    may not be committed yet (acks, retry counters).
     """
+    unsettled = unsettled or Overlay()
     meta = dict(c.execute("SELECT key, value FROM meta").fetchall())
     rows = c.execute("SELECT count(*) FROM events").fetchone()[0]
     sinks = [
-        _sink_stats(c, row, acked.get(row[0], 0))
+        _sink_stats(c, row, unsettled)
         for row in c.execute(
             "SELECT name, cursor, head_seq, attempts, failures, last_error, last_error_at, "
             "delivered FROM sinks ORDER BY name"
@@ -165,16 +167,16 @@ def _broker_drops(meta: dict[str, int]) -> BrokerDrops | None:
     )
 
 
-def _sink_stats(c: Conn, row: tuple[Any, ...], acked: int) -> SinkStats:
+def _sink_stats(c: Conn, row: tuple[Any, ...], unsettled: Overlay) -> SinkStats:
     name, cursor, head_seq, attempts, failures, last_error, last_error_at, delivered = row
-    cursor = max(cursor, acked)
+    counters = unsettled.row(name, SinkRow(cursor, head_seq, attempts, failures))
+    cursor = counters.cursor
+    last_error, last_error_at = unsettled.error(name) or (last_error, last_error_at)
     head = c.execute(
         f"SELECT seq, spooled_at {PENDING} ORDER BY seq LIMIT 1", (cursor, name)
     ).fetchone()
     dead = c.execute("SELECT count(*) FROM dead_letters WHERE sink=?", (name,)).fetchone()[0]
-    head_attempts = (
-        SinkRow(cursor, head_seq, attempts, failures).counters_for(head[0])[0] if head else 0
-    )
+    head_attempts = counters.counters_for(head[0])[0] if head else 0
     return SinkStats(
         name, pending_count(c, name, cursor), head[1] if head else None, head_attempts,
         last_error, last_error_at, delivered, dead,

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from relay.spool.model import BrokerDrops
+
 SCHEMA_VERSION = 3
 
 # Bytes charged per row on top of its body (keys, record header, index entry), so that the
@@ -42,6 +44,29 @@ BROKER_KEYS = (
     "broker_dropped_before",
     "broker_visible",
 )
+
+# Rows with a producer's key (MQTT) among the newest KEEP_KEYED seqs stay after delivery: they
+# recognise what the broker sends again after relay died between the commit and the ack.
+# What can come again is what was committed but not acknowledged: a commit or two (at most
+# 1024 operations each), far fewer than this. The broker gives a packet id to a new message
+# only after the old one was acknowledged, counting up to 65535 before it reuses one, so a
+# kept row's id cannot stand for a newer message (unless the broker's own state rolls back:
+# a broker restored from its autosave after a crash may count from an earlier id).
+KEEP_KEYED = 4096
+
+
+def broker_values(d: BrokerDrops) -> tuple[int, ...]:
+    """``d`` as the integers of ``BROKER_KEYS``."""
+    return (
+        -1 if d.counter is None else d.counter,
+        d.dropped,
+        int(d.dropping),
+        int(d.since or 0),
+        int(d.last_drop_at or 0),
+        d.dropped_before,
+        -1 if d.visible is None else int(d.visible),
+    )
+
 
 # A device command's states.
 QUEUED, RUNNING, DONE = "queued", "running", "done"

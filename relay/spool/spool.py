@@ -17,10 +17,10 @@ from relay.config import SpoolConfig
 from relay.errors import SpoolClosed, SpoolError
 from relay.event import Command, Event
 from relay.spool import file, reads
+from relay.spool.chain import Chain, chain_reply, chained
 from relay.spool.changes import Changes
 from relay.spool.model import (
     BrokerDrops,
-    Chain,
     DeadLetter,
     Done,
     Durability,
@@ -31,43 +31,13 @@ from relay.spool.model import (
     Tallies,
     WhenFull,
 )
+from relay.spool.overlay import Overlay
 from relay.spool.txn import Txn
-from relay.spool.writer import ACK_DELAY_S, Reply, Writer
+from relay.spool.writer import ACK_DELAY_S, Writer
 
 log = logging.getLogger("relay.spool")
 
-T = TypeVar("T")
-
-
-def _chained(apply: Callable[[Txn], T], chain: Chain | None) -> Callable[[Txn], T]:
-    """``apply``, refused once ``chain`` is broken, and breaking it when refused."""
-    if chain is None:
-        return apply
-
-    def chained(t: Txn) -> T:
-        if chain.broken is not None:
-            raise SpoolError(f"not stored after an earlier refusal: {chain.broken}")
-        try:
-            return apply(t)
-        except SpoolError as exc:  # refused alone; the rest of its commit goes on
-            chain.broken = exc
-            raise
-
-    return chained
-
-
-def _chained_reply(reply: Reply[T], chain: Chain | None) -> Reply[T]:
-    """``reply``, breaking ``chain`` first when the whole commit failed: the writer runs the
-    replies before it starts the next commit, so nothing later on the chain is tried."""
-    if chain is None:
-        return reply
-
-    def replied(result: T | None, error: SpoolError | None) -> None:
-        if error is not None and chain.broken is None:
-            chain.broken = error
-        reply(result, error)
-
-    return replied
+R = TypeVar("R")
 
 
 class Spool:
@@ -97,9 +67,7 @@ class Spool:
         self._rlock = threading.Lock() if reader is not None else self._lock
         self._changes = Changes()
         self._last_drop_log = float("-inf")
-        # Per sink, the cursor acked by this process, committed or not yet: reads start past
-        # it. Only the sink's forwarder acks, so each key has one writer.
-        self._acked: dict[str, int] = {}
+        self._unsettled = Overlay()  # acks and retry counters, maybe not committed yet
         self._writer = Writer(
             conn, self._lock, self._new_txn, self._on_committed, ack_delay=ack_delay
         )
@@ -121,22 +89,17 @@ class Spool:
         aside, so that a damaged file never becomes a crash loop. ``ack_delay``: how long
         acks may wait for company (see :meth:`ack`).
         """
+        path: Path | None = None
         if durability == "memory":
             log.warning('spool durability is "memory": queued events are lost when relay stops')
-            conn = file.open_memory()
-            return cls(
-                conn,
-                path=None,
-                durability=durability,
-                max_bytes=max_bytes,
-                when_full=when_full,
-                ack_delay=ack_delay,
-            )
-        path = state_dir / "spool.db"
-        conn = file.open_file(path, durability, check=check)
+            conn, reader = file.open_memory(), None
+        else:
+            path = state_dir / "spool.db"
+            conn = file.open_file(path, durability, check=check)
+            reader = file.open_reader(path)
         return cls(
             conn,
-            reader=file.open_reader(path),
+            reader=reader,
             path=path,
             durability=durability,
             max_bytes=max_bytes,
@@ -202,8 +165,8 @@ class Spool:
         ``chain``, nothing is stored after the first put of that chain that was not.
         """
         self._writer.submit(
-            _chained(lambda t: t.insert(events), chain),
-            _chained_reply(lambda _, error: done(error), chain),
+            chained(lambda t: t.insert(events), chain),
+            chain_reply(lambda _, error: done(error), chain),
         )
 
     def put_once_async(
@@ -219,7 +182,7 @@ class Spool:
         (``key.resent``) that is stored already is not stored twice. ``done(stored,
         error)``: ``stored`` is False for such a message."""
         self._writer.submit(
-            _chained(lambda t: t.insert_once(event, key), chain), _chained_reply(done, chain)
+            chained(lambda t: t.insert_once(event, key), chain), chain_reply(done, chain)
         )
 
     def reject_async(self, sink: str, event: Event, reason: str, done: Done) -> None:
@@ -251,9 +214,8 @@ class Spool:
         """The first ``limit`` events after ``sink``'s cursor, oldest first (maybe none)."""
         with self._rlock:
             self._check_open()
-            row = reads.sink_row(self._rconn, sink)
-            cursor = max(row.cursor, self._acked.get(sink, 0))
-            rows = reads.pending(self._rconn, sink, cursor, limit)
+            row = self._unsettled.row(sink, reads.sink_row(self._rconn, sink))
+            rows = reads.pending(self._rconn, sink, row.cursor, limit)
         records = []
         for seq, body, spooled_at in rows:
             try:
@@ -278,16 +240,25 @@ class Spool:
         :meth:`sync`). That commit is not fsync'd: an ack lost to a crash or a power cut only
         means its events are sent again, which at-least-once allows.
         """
-        self._acked[sink] = max(self._acked.get(sink, 0), upto_seq)
+        self._unsettled.ack(sink, upto_seq)
         self._writer.ack(lambda t: t.ack(sink, upto_seq))
 
     def retry(self, sink: str, seq: int, error: str, *, permanent: bool) -> tuple[int, int]:
-        """Record a failed attempt at ``sink``'s head ``seq``; returns (attempts, failures)."""
-        return self._writer.call(lambda t: t.retry(sink, seq, error, permanent))
+        """Record a failed attempt at ``sink``'s head ``seq``; returns (attempts, failures)
+        at once. Written as an ack is (no fsync of its own, maybe a moment later): a far
+        end that fails often costs no commit per failure; a count lost to a crash only
+        means one more try."""
+        file_row = self._read(lambda c: reads.sink_row(c, sink))
+        counts = self._unsettled.retry(
+            sink, file_row, seq, error, permanent=permanent, now=time.time()
+        )
+        self._writer.ack(lambda t: t.retry(sink, seq, error, permanent))
+        return counts
 
     def dead_letter(self, sink: str, seq: int, reason: str) -> None:
         """Move ``sink``'s head ``seq`` to its dead letters with ``reason``, and go past it."""
         self._writer.call(lambda t: t.dead_letter(sink, seq, reason))
+        self._unsettled.forget(sink)
 
     # ---------------------------------------------------------------- device commands
 
@@ -320,28 +291,20 @@ class Spool:
 
     def running_commands(self) -> list[Command]:
         """Commands that were running when the previous agent stopped (or died)."""
-        with self._rlock:
-            self._check_open()
-            return reads.running_commands(self._rconn)
+        return self._read(reads.running_commands)
 
     def next_command(self) -> Command | None:
         """The oldest queued command, if any."""
-        with self._rlock:
-            self._check_open()
-            return reads.next_command(self._rconn)
+        return self._read(reads.next_command)
 
     def command_state(self, command_id: str) -> tuple[str, str | None, str | None] | None:
         """(state, status, error) of a command, None if this spool never saw it."""
-        with self._rlock:
-            self._check_open()
-            return reads.command_state(self._rconn, command_id)
+        return self._read(lambda c: reads.command_state(c, command_id))
 
     # ---------------------------------------------------------------- dead letters
 
     def dead_letters(self, sink: str | None = None, ids: Sequence[str] = ()) -> list[DeadLetter]:
-        with self._rlock:
-            self._check_open()
-            return reads.dead_letters(self._rconn, sink, ids)
+        return self._read(lambda c: reads.dead_letters(c, sink, ids))
 
     def redeliver(self, sink: str | None = None, ids: Sequence[str] = ()) -> int:
         """Queue dead letters again, each for its own sink only; returns how many."""
@@ -355,9 +318,7 @@ class Spool:
 
     def broker_drops(self) -> BrokerDrops | None:
         """What relay saw of its broker dropping messages (None: never watched one)."""
-        with self._rlock:
-            self._check_open()
-            return reads.broker_drops(self._rconn)
+        return self._read(reads.broker_drops)
 
     def note_broker_drops(self, drops: BrokerDrops) -> None:
         """Keep ``drops`` for ``relay status``; returns at once. A status, not an event: it
@@ -398,27 +359,31 @@ class Spool:
         return self._changes.subscribe(callback)
 
     def stats(self) -> SpoolStats:
-        with self._rlock:
-            self._check_open()
-            return reads.spool_stats(
-                self._rconn,
+        return self._read(
+            lambda c: reads.spool_stats(
+                c,
                 path=str(self.path or ":memory:"),
                 durability=self.durability,
                 max_bytes=self.max_bytes,
-                acked=dict(self._acked),
+                unsettled=self._unsettled.copy(),
             )
+        )
 
     def tallies(self) -> Tallies:
         """Events stored, and refused at the door, since the file was created, by source."""
-        with self._rlock:
-            self._check_open()
-            return reads.tallies(self._rconn)
+        return self._read(reads.tallies)
 
     # ---------------------------------------------------------------- the writer's side
 
     def _check_open(self) -> None:
         if self.closed:
             raise SpoolClosed("the spool is closed")
+
+    def _read(self, read: Callable[[sqlite3.Connection], R]) -> R:
+        """``read`` on the reader connection, under its lock; ``SpoolClosed`` if closed."""
+        with self._rlock:
+            self._check_open()
+            return read(self._rconn)
 
     def _new_txn(self, cursor: sqlite3.Cursor) -> Txn:
         return Txn(cursor, max_bytes=self.max_bytes, when_full=self.when_full, now=time.time())

@@ -25,23 +25,17 @@ from relay.spool.schema import (
     DL_BYTES,
     DONE,
     EVENT_BYTES,
+    KEEP_KEYED,
     QUEUED,
     ROW_OVERHEAD,
     RUNNING,
+    broker_values,
 )
 
 log = logging.getLogger("relay.spool")
 
 TRIM_BATCH = 512  # delete delivered rows this many at a time: fewer, larger page writes
 KEEP_DONE = 10_000  # finished commands remembered, so that a repeated id is recognised
-# Rows with a producer's key (MQTT) among the newest KEEP_KEYED seqs stay after delivery: they
-# recognise what the broker sends again after relay died between the commit and the ack.
-# What can come again is what was committed but not acknowledged: a commit or two (at most
-# 1024 operations each), far fewer than this. The broker gives a packet id to a new message
-# only after the old one was acknowledged, counting up to 65535 before it reuses one, so a
-# kept row's id cannot stand for a newer message (unless the broker's own state rolls back:
-# a broker restored from its autosave after a crash may count from an earlier id).
-KEEP_KEYED = 4096
 # Sources counted by name in the file's tallies; any other (``relay.push(source=...)`` takes
 # any string) counts as "other", so that the tallies, and the metrics read from them, stay
 # a handful of rows.
@@ -335,19 +329,10 @@ class Txn:
 
     # ------------------------------------------------------------ the broker
 
-    def note_broker_drops(self, d: BrokerDrops) -> None:
-        values = (
-            -1 if d.counter is None else d.counter,
-            d.dropped,
-            int(d.dropping),
-            int(d.since or 0),
-            int(d.last_drop_at or 0),
-            d.dropped_before,
-            -1 if d.visible is None else int(d.visible),
-        )
+    def note_broker_drops(self, drops: BrokerDrops) -> None:
         self.c.executemany(
             "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            list(zip(BROKER_KEYS, values, strict=True)),
+            list(zip(BROKER_KEYS, broker_values(drops), strict=True)),
         )
 
     # ------------------------------------------------------------ device commands
