@@ -29,6 +29,7 @@ from relay.sinks.amqp import AmqpSink
 from relay.sinks.amqp_wire import describe
 from relay.sinks.confirms import ConfirmWindow, Outcome
 from relay.spool import Spool
+from tests.helpers.wait import wait_until
 
 # ------------------------------------------------------------------ ConfirmWindow
 
@@ -378,22 +379,15 @@ def forwarder(spool: Spool, sink: WaitingFake, initial: float = 0.2) -> Forwarde
     return Forwarder(sink, spool, policy, rng=random.Random(0))
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def test_idle_forwarder_waits_in_the_sink_and_a_put_wakes_it(spool: Spool) -> None:
     sink = WaitingFake()
     f = forwarder(spool, sink)
     f.start()
     try:
-        wait_for(lambda: sink.waits == [None])  # idle: waits without a timeout
+        wait_until(lambda: sink.waits == [None], 5, "a wait")  # idle: waits without a timeout
         spool.put(event(1))
-        wait_for(lambda: sink.batches == [[1]])
-        wait_for(lambda: len(sink.waits) == 2)
+        wait_until(lambda: sink.batches == [[1]], 5, "the send")
+        wait_until(lambda: len(sink.waits) == 2, 5, "the next wait")
     finally:
         f.stop()
     assert not f.alive()
@@ -407,11 +401,11 @@ def test_backoff_waits_in_the_sink_and_puts_do_not_cut_it_short(spool: Spool) ->
     spool.put(event(1))
     f.start()
     try:
-        wait_for(lambda: len(sink.batches) == 1)
+        wait_until(lambda: len(sink.batches) == 1, 5, "the first send")
         started = time.monotonic()
         for i in range(5):  # new work during the backoff: the retry still waits its turn
             spool.put(event(i + 2))
-        wait_for(lambda: len(sink.batches) == 2)
+        wait_until(lambda: len(sink.batches) == 2, 5, "the retry")
         assert time.monotonic() - started < 1.5
         assert all(w is not None and w <= 0.5 for w in sink.waits)
     finally:
@@ -422,7 +416,7 @@ def test_stop_wakes_a_waiting_forwarder(spool: Spool) -> None:
     sink = WaitingFake()
     f = forwarder(spool, sink)
     f.start()
-    wait_for(lambda: sink.waits == [None])
+    wait_until(lambda: sink.waits == [None], 5, "a wait")
     started = time.monotonic()
     f.stop()
     assert time.monotonic() - started < 1.0
@@ -454,7 +448,7 @@ def test_on_change_calls_back_until_unsubscribed(spool: Spool) -> None:
     calls: list[int] = []
     unsubscribe = spool.on_change(lambda: calls.append(spool.version))
     spool.put(event())
-    wait_for(lambda: len(calls) >= 1)
+    wait_until(lambda: len(calls) >= 1, 5, "a call back")
     unsubscribe()
     unsubscribe()  # twice is fine
     before = len(calls)

@@ -17,6 +17,7 @@ from relay.config import load
 from relay.doorbell import Doorbell, ring
 from relay.spool import Spool
 from tests.helpers.common import RELAY
+from tests.helpers.wait import wait_until
 
 
 def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -154,10 +155,11 @@ def test_push_wakes_a_running_agent(cfg: Path) -> None:
     runner = threading.Thread(target=agent.run, args=(stop,))
     runner.start()
     try:
-        deadline = time.monotonic() + 10
-        while agent.spool is None or not (cfg.parent / "state" / "wake.sock").exists():
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(
+            lambda: agent.spool is not None and (cfg.parent / "state" / "wake.sock").exists(),
+            10,
+            "the agent's spool and doorbell",
+        )
         spool = agent.spool
         version = spool.version
         woke: list[float] = []

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from relay.commands import CommandExecutor, Step
 from relay.errors import DeviceError, DeviceUnavailable, SpoolError
 from relay.event import Command
 from relay.spool import Spool
+from tests.helpers.wait import wait_until
 
 WALL = 1_800_000_000.0
 
@@ -283,10 +283,7 @@ def test_a_failing_spool_is_one_line_not_a_traceback_per_try(
     monkeypatch.setattr(spool, "next_command", failing)
     ex.start()
     try:
-        deadline = time.monotonic() + 5
-        while not device.calls:
-            assert time.monotonic() < deadline, "the command never ran"
-            time.sleep(0.01)
+        wait_until(lambda: device.calls, 5, "the command to run")
     finally:
         ex.stop()
     errors = [r for r in caplog.records if r.levelname == "ERROR"]

@@ -22,11 +22,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from relay.commands import CommandExecutor
 from relay.mqtt.connection import MqttConnection
 from relay.spool import COMMAND_REJECTS, Spool
-from tests.helpers.agent import running_agent, wait_for
+from tests.helpers.agent import running_agent
 from tests.helpers.commands import executed, outcomes
 from tests.helpers.common import RELAY, need_service
 from tests.helpers.http_server import RemoteServer, Reply
 from tests.helpers.mqtt import Publisher, unique
+from tests.helpers.wait import wait_until
 
 
 def config(device_url: str, cmd_topic: str, extra: str = "", commands: str = "") -> str:
@@ -51,7 +52,7 @@ def cli(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def parts(agent: Any) -> tuple[MqttConnection, CommandExecutor]:
     mqtt_source = next(c for c in agent.components if isinstance(c, MqttConnection))
     executor = next(c for c in agent.components if isinstance(c, CommandExecutor))
-    wait_for(mqtt_source.subscribed.is_set, 10, "the command subscription")
+    wait_until(mqtt_source.subscribed.is_set, 10, "the command subscription")
     return mqtt_source, executor
 
 
@@ -102,7 +103,7 @@ def test_one_at_a_time_across_inputs(write_config: Callable[..., Path], state_di
             for t in clis:
                 t.join()
             try:
-                wait_for(lambda: len(device.received) == 50, 30, "50 commands run")
+                wait_until(lambda: len(device.received) == 50, 30, "50 commands run")
             except AssertionError:
                 got = executed(device)
                 missing = sorted(set(mqtt_ids + amqp_ids + cli_ids) - set(got))
@@ -131,9 +132,9 @@ def test_unreachable_device_retries_the_same_command_then_the_rest(
     with running_agent(cfg) as agent:
         _, executor = parts(agent)
         ids = [cli(cfg, "heater", action).stdout.strip() for action in ("on", "off", "on")]
-        wait_for(lambda: executor.attempts >= 3, 20, "3 refused attempts")
+        wait_until(lambda: executor.attempts >= 3, 20, "3 refused attempts")
         with RemoteServer(port=port) as device:
-            wait_for(lambda: len(outcomes(state_dir)) == 3, 20, "all three outcomes")
+            wait_until(lambda: len(outcomes(state_dir)) == 3, 20, "all three outcomes")
             assert executed(device) == ids  # the first exactly once, then the rest in order
     assert [outcomes(state_dir)[i]["status"] for i in ids] == ["ok", "ok", "ok"]
 
@@ -147,9 +148,9 @@ def test_command_stuck_behind_a_stall_expires(
         )
         with running_agent(cfg):
             slow = cli(cfg, "heater", "on").stdout.strip()
-            wait_for(lambda: len(device.received) == 1, 10)
+            wait_until(lambda: len(device.received) == 1, 10)
             late = cli(cfg, "heater", "off").stdout.strip()
-            wait_for(lambda: late in outcomes(state_dir), 20, "the late command's outcome")
+            wait_until(lambda: late in outcomes(state_dir), 20, "the late command's outcome")
         assert executed(device) == [slow]  # never run
     result = outcomes(state_dir)
     assert result[slow]["status"] == "ok" and result[slow]["duration_ms"] >= 5000
@@ -167,7 +168,7 @@ def test_same_id_runs_once(write_config: Callable[..., Path], state_dir: Path) -
                     [pub.publish(f"{topic}/heater", json.dumps({"id": "once", "action": "on"}))]
                 )
             again = cli(cfg, "heater", "on", "--id", "once")
-            wait_for(lambda: "once" in outcomes(state_dir), 10)
+            wait_until(lambda: "once" in outcomes(state_dir), 10)
             time.sleep(0.5)
         assert executed(device) == ["once"]
     assert again.returncode == 1 and "seen before" in again.stderr
@@ -208,8 +209,8 @@ def test_mqtt_device_and_bad_commands(write_config: Callable[..., Path], state_d
                         pub.publish(f"{topic}/garage", b"on"),
                     ]
                 )
-                wait_for(lambda: seen == [b'{"state": "on"}'], 10, "the lamp's payload")
-                wait_for(lambda: len(outcomes(state_dir)) == 2, 10)
+                wait_until(lambda: seen == [b'{"state": "on"}'], 10, "the lamp's payload")
+                wait_until(lambda: len(outcomes(state_dir)) == 2, 10)
                 with Spool.open(state_dir) as spool:
                     rejects = spool.dead_letters(COMMAND_REJECTS)
     finally:
@@ -241,7 +242,7 @@ def test_kill_9_during_commands_never_runs_one_twice(
                         break
                 before = len(device.received)
                 ids.append(cli(cfg, "heater", "on").stdout.strip())
-                wait_for(
+                wait_until(
                     lambda before=before: len(device.received) > before,
                     10,
                     "the device to take the command",
@@ -249,7 +250,7 @@ def test_kill_9_during_commands_never_runs_one_twice(
                 agent.send_signal(signal.SIGKILL)  # while the device is still acting on it
                 agent.wait()
         with running_agent(cfg):  # one last start settles the 20th
-            wait_for(lambda: len(outcomes(state_dir)) == 20, 20, "20 outcomes")
+            wait_until(lambda: len(outcomes(state_dir)) == 20, 20, "20 outcomes")
         runs = executed(device)
     assert sorted(runs) == sorted(ids), "a command ran twice or not at all"
     results = outcomes(state_dir)

@@ -15,7 +15,7 @@ from relay.errors import PermanentError, SendError, TransientError
 from relay.event import Event
 from relay.forwarder import Forwarder, Policy, Step
 from relay.spool import Spool
-from tests.helpers.agent import wait_for
+from tests.helpers.wait import wait_until
 
 
 class FakeSink:
@@ -236,7 +236,7 @@ def test_the_last_ack_of_a_drain_is_committed_at_once(tmp_path: Path) -> None:
         f = make(spool, sink)
         put(spool, 1, 2, 3)
         assert drain(f) == [Step.SENT, Step.SENT, Step.SENT, Step.IDLE]
-        wait_for(lambda: spool.stats().sinks[0].depth == 0, 10, "the acks committed")
+        wait_until(lambda: spool.stats().sinks[0].depth == 0, 10, "the acks committed")
         # What relay status, another process, reads: the file itself.
         with sqlite3.connect(tmp_path / "spool.db") as other:
             assert other.execute("SELECT cursor FROM sinks").fetchone()[0] == 3

@@ -14,8 +14,9 @@ from relay.devices.gpio import GpioDevice
 from relay.errors import DeviceError
 from relay.sources.gpio import GpioSource
 from relay.spool import Spool
-from tests.helpers.agent import running_agent, wait_for
+from tests.helpers.agent import running_agent
 from tests.helpers.http_server import RemoteServer
+from tests.helpers.wait import wait_until
 
 
 @pytest.fixture
@@ -78,7 +79,7 @@ def test_bounces_within_bounce_ms_are_suppressed(spool: Spool) -> None:
             pin.drive_low()
             pin.drive_high()
         pin.drive_low()
-        wait_for(lambda: len(names(spool)) >= 1, 2)
+        wait_until(lambda: len(names(spool)) >= 1, 2)
         time.sleep(0.15)  # past the window: the settled state is read once more
     finally:
         source.stop()
@@ -93,7 +94,7 @@ def test_final_state_is_reported_after_the_window(spool: Spool) -> None:
         pin = factory.pin(17)
         pin.drive_low()
         pin.drive_high()  # within the window: suppressed, but it is where the pin ends up
-        wait_for(lambda: len(names(spool)) == 2, 2, "the settled state")
+        wait_until(lambda: len(names(spool)) == 2, 2, "the settled state")
     finally:
         source.stop()
     assert names(spool) == ["door opened", "door closed"]
@@ -106,7 +107,7 @@ def test_active_high_without_pull(spool: Spool) -> None:
     source.start()
     try:
         factory.pin(17).drive_high()
-        wait_for(lambda: names(spool) == ["door opened"], 2)
+        wait_until(lambda: names(spool) == ["door opened"], 2)
     finally:
         source.stop()
 
@@ -125,7 +126,7 @@ def test_gpio_events_reach_an_http_sink(write_config: Callable[..., Path]) -> No
             pin.drive_low()
             time.sleep(0.05)
             pin.drive_high()
-            wait_for(lambda: len(remote.accepted()) == 3, 10)
+            wait_until(lambda: len(remote.accepted()) == 3, 10)
         assert [e["name"] for e in remote.accepted()] == [
             "door closed",
             "door opened",

@@ -27,10 +27,11 @@ from relay.homeassistant import HaDiscovery, HaWakeups, Topics, discovery_config
 from relay.logonce import LogOnce
 from relay.mqtt import Message, Session
 from relay.spool import Spool
-from tests.helpers.agent import running_agent, spool_of, wait_for
+from tests.helpers.agent import running_agent, spool_of
 from tests.helpers.common import need_service
 from tests.helpers.http_server import RemoteServer, Reply
 from tests.helpers.mqtt import Publisher, spooled, unique
+from tests.helpers.wait import wait_until
 
 WALL = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 CONFIG_TOPIC = "homeassistant/device/relay_hall_pi/config"
@@ -306,15 +307,19 @@ def switches(ha: HaDiscovery) -> int:
 
 def settled(ha: HaDiscovery, quiet: float = 0.5, timeout: float = 10.0) -> int:
     """The discovery thread's context switches once none came for ``quiet`` seconds."""
-    deadline = time.monotonic() + timeout
-    count = switches(ha)
-    while time.monotonic() < deadline:
-        time.sleep(quiet)
-        now = switches(ha)
-        if now == count:
-            return count
-        count = now
-    raise AssertionError(f"the discovery thread never went quiet for {quiet}s")
+    looks: list[int] = []  # the count at each look, ``quiet`` seconds apart
+
+    def unchanged_since_the_last_look() -> bool:
+        looks.append(switches(ha))
+        return len(looks) > 1 and looks[-1] == looks[-2]
+
+    wait_until(
+        unchanged_since_the_last_look,
+        timeout,
+        f"the discovery thread to go quiet for {quiet}s",
+        interval=quiet,
+    )
+    return looks[-1]
 
 
 def clear_retained(*topics: str) -> None:
@@ -349,7 +354,7 @@ def test_with_real_mosquitto(
         watcher = Watcher(f"{prefix}/#", f"relay/{node}/#")
         try:
             with running_agent(cfg) as agent:
-                wait_for(lambda: watcher.states(state_topic), 10, "the first state")
+                wait_until(lambda: watcher.states(state_topic), 10, "the first state")
                 [(config, _, _)] = watcher.on(config_topic)
                 components = json.loads(config)["components"]
                 assert len(components) == 5
@@ -365,7 +370,7 @@ def test_with_real_mosquitto(
                 # The sink refuses (503): the backlog shows, and the sink as not connected.
                 for i in range(3):
                     spool_of(agent).put(Event.new(node=node, source="push", name=f"e{i}"))
-                wait_for(
+                wait_until(
                     lambda: any(
                         s["depth"] == 3 and s["connected"] is False
                         for s in watcher.states(state_topic)
@@ -374,7 +379,7 @@ def test_with_real_mosquitto(
                     "a state with the backlog",
                 )
                 down.clear()  # the sink recovers: the backlog drains to 0, delivered
-                wait_for(
+                wait_until(
                     lambda: watcher.states(state_topic)[-1]["depth"] == 0,
                     10,
                     "a state with the backlog gone",
@@ -397,17 +402,19 @@ def test_with_real_mosquitto(
                 # Home Assistant restarts: its birth message brings the config again.
                 configs = len(watcher.on(config_topic))
                 watcher.client.publish(f"{prefix}/status", b"online", qos=0)
-                wait_for(lambda: len(watcher.on(config_topic)) > configs, 10, "the re-announce")
+                wait_until(lambda: len(watcher.on(config_topic)) > configs, 10, "the re-announce")
 
             # A restart announces the same config (the same ids), and a Home Assistant that
             # subscribes later finds it and the state retained.
             configs = len(watcher.on(config_topic))
             with running_agent(cfg):
-                wait_for(lambda: len(watcher.on(config_topic)) > configs, 10, "the config again")
+                wait_until(lambda: len(watcher.on(config_topic)) > configs, 10, "the config again")
                 assert watcher.on(config_topic)[-1][0] == config
                 late = Watcher(config_topic, state_topic)
                 try:
-                    wait_for(lambda: late.on(config_topic) and late.on(state_topic), 10, "retained")
+                    wait_until(
+                        lambda: late.on(config_topic) and late.on(state_topic), 10, "retained"
+                    )
                     assert late.on(config_topic)[0][:2] == (config, True)
                     assert late.on(state_topic)[0][1], "the state is not retained"
                 finally:
@@ -437,10 +444,10 @@ def test_a_source_on_the_birth_topic_still_spools_it(
     watcher = Watcher(config_topic)
     try:
         with running_agent(cfg) as agent, Publisher() as pub:
-            wait_for(lambda: watcher.on(config_topic), 10, "the config")
+            wait_until(lambda: watcher.on(config_topic), 10, "the config")
             pub.wait([pub.publish(f"{home}/status", "online", qos=1)])
-            wait_for(lambda: len(watcher.on(config_topic)) == 2, 10, "the re-announce")
-            wait_for(lambda: spool_of(agent).stats().rows == 1, 10, "the event")
+            wait_until(lambda: len(watcher.on(config_topic)) == 2, 10, "the re-announce")
+            wait_until(lambda: spool_of(agent).stats().rows == 1, 10, "the event")
         [event] = spooled(agent.settings.state_dir)
         assert (event["name"], event["payload"]) == (f"{home}/status", "online")
     finally:

@@ -27,11 +27,11 @@ from relay.event import Event
 from relay.metrics.prometheus import UNKNOWN_DEVICE, PrometheusMetrics
 from relay.spool import Spool
 from relay.spool.model import Tallies
-from tests.helpers.agent import wait_for
 from tests.helpers.brokers import PrivateMosquitto, free_port
 from tests.helpers.common import RELAY
 from tests.helpers.http_server import Received, RemoteServer, Reply
 from tests.helpers.mqtt import Publisher, unique
+from tests.helpers.wait import wait_until
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -79,7 +79,7 @@ def relay_run(cfg: Path, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen
         assert proc.stderr is not None
         threading.Thread(target=lambda: lines.extend(proc.stderr or ()), daemon=True).start()
         try:
-            wait_for(
+            wait_until(
                 lambda: any("relay started" in line for line in lines) or proc.poll() is not None,
                 30,
                 "relay started",
@@ -130,13 +130,13 @@ def test_counters_match_a_known_run(
         for name in ("before 1", "poison", "before 2"):
             relay.push(name, config_path=cfg)
         with relay_run(cfg, relay_env) as (proc, lines), Publisher(port=broker.port) as pub:
-            wait_for(lambda: any("mqtt: subscribed" in line for line in lines), 10, "subscribed")
+            wait_until(lambda: any("mqtt: subscribed" in line for line in lines), 10, "subscribed")
             mids = [pub.publish(f"{topic}/{n}", json.dumps({"n": n})) for n in range(3)]
             mids.append(pub.publish(f"{topic}/big", b"x" * 2000))  # over max_payload
             relay.push("during", config_path=cfg)  # the agent is woken through its doorbell
             pub.wait(mids)
-            wait_for(lambda: len(remote.accepted()) == 6, 20, "6 events delivered")
-            wait_for(
+            wait_until(lambda: len(remote.accepted()) == 6, 20, "6 events delivered")
+            wait_until(
                 lambda: value(scrape(port), "relay_events_dead_lettered_total", sink="cloud") == 1,
                 10,
                 "the poison event dead-lettered",
@@ -144,14 +144,14 @@ def test_counters_match_a_known_run(
             first = scrape(port)
 
             broker.restart()  # everything above is acked: nothing comes twice
-            wait_for(
+            wait_until(
                 lambda: value(scrape(port), "relay_reconnects_total", connection="mqtt") == 1,
                 20,
                 "the MQTT reconnect",
             )
             pub.wait([pub.publish(f"{topic}/after", "1")], timeout=20)  # paho reconnects too
-            wait_for(lambda: len(remote.accepted()) == 7, 20, "the 7th event delivered")
-            wait_for(
+            wait_until(lambda: len(remote.accepted()) == 7, 20, "the 7th event delivered")
+            wait_until(
                 lambda: value(scrape(port), "relay_events_delivered_total", sink="cloud") == 7,
                 10,
             )
@@ -220,7 +220,7 @@ def test_without_metrics_no_port_is_opened(
         cfg = write_config(f'[[sinks]]\nname = "cloud"\ntype = "http"\nurl = "{remote.url}"\n')
         with relay_run(cfg, relay_env) as (proc, _):
             relay.push("hello", config_path=cfg)
-            wait_for(lambda: len(remote.accepted()) == 1, 10, "the event delivered")
+            wait_until(lambda: len(remote.accepted()) == 1, 10, "the event delivered")
             assert listening_ports(proc.pid) == set()
 
 

@@ -24,11 +24,12 @@ from relay.config import MqttConfig, MqttSourceConfig
 from relay.mqtt.connection import MqttConnection
 from relay.sources.mqtt import MqttSource
 from relay.spool import INGEST_REJECTS, Spool
-from tests.helpers.agent import running_agent, wait_for
+from tests.helpers.agent import running_agent
 from tests.helpers.brokers import PrivateMosquitto
 from tests.helpers.common import RELAY, need_service
 from tests.helpers.http_server import RemoteServer, Reply
 from tests.helpers.mqtt import Publisher, spooled, unique
+from tests.helpers.wait import wait_until
 
 
 @pytest.fixture
@@ -55,7 +56,7 @@ def subscribed(agent: Agent) -> None:
     """Wait until the broker confirmed the source's subscriptions: what is published
     before that has no subscriber to be queued for."""
     connection = next(c for c in agent.components if isinstance(c, MqttConnection))
-    wait_for(connection.subscribed.is_set, 10, "the subscription")
+    wait_until(connection.subscribed.is_set, 10, "the subscription")
 
 
 def numbers(state_dir: Path, topic: str) -> list[int]:
@@ -82,7 +83,7 @@ def test_2000_messages_all_spooled_once_in_order(
         # (max_queued_messages) and silently drops the rest when a burst outruns it.
         pub.wait(publish_numbered(pub, topic, range(2000), pause=0.0005))
         try:
-            wait_for(lambda: len(numbers(state_dir, topic)) >= 2000, 30, "2000 events")
+            wait_until(lambda: len(numbers(state_dir, topic)) >= 2000, 30, "2000 events")
         except AssertionError:
             got = numbers(state_dir, topic)
             missing = sorted(set(range(2000)) - set(got))
@@ -106,7 +107,7 @@ def test_messages_sent_while_stopped_arrive_after_start(
     with Publisher(*broker) as pub:
         pub.wait(publish_numbered(pub, topic, range(500)))
     with running_agent(cfg):
-        wait_for(lambda: len(numbers(state_dir, topic)) >= 500, 20, "the 500 queued messages")
+        wait_until(lambda: len(numbers(state_dir, topic)) >= 500, 20, "the 500 queued messages")
     assert numbers(state_dir, topic) == list(range(500))
 
 
@@ -122,7 +123,7 @@ def test_mqtt5_session_keeps_messages_while_stopped(
     with Publisher(*broker) as pub:
         pub.wait(publish_numbered(pub, topic, range(50)))
     with running_agent(cfg):
-        wait_for(lambda: len(numbers(state_dir, topic)) >= 50, 20)
+        wait_until(lambda: len(numbers(state_dir, topic)) >= 50, 20)
     assert numbers(state_dir, topic) == list(range(50))
 
 
@@ -140,8 +141,8 @@ def test_availability_topic_online_then_offline(
     watcher.loop_start()
     try:
         with running_agent(cfg):
-            wait_for(lambda: any(p == b"online" for p, _ in seen), 10, "online")
-        wait_for(lambda: seen[-1][0] == b"offline", 10, "offline")
+            wait_until(lambda: any(p == b"online" for p, _ in seen), 10, "online")
+        wait_until(lambda: seen[-1][0] == b"offline", 10, "offline")
     finally:
         watcher.loop_stop()
         watcher.disconnect()
@@ -153,7 +154,7 @@ def test_availability_topic_online_then_offline(
     other.subscribe(status)
     other.loop_start()
     try:
-        wait_for(lambda: late == [b"offline"], 5, "the retained status")
+        wait_until(lambda: late == [b"offline"], 5, "the retained status")
     finally:
         other.loop_stop()
         other.publish(status, b"", retain=True)  # clean up the retained message
@@ -204,7 +205,7 @@ def test_kill_9_while_publishing_loses_nothing(
                 proc = _agent_proc(cfg, relay_env)
             publisher.join()
             pub.wait(mids)
-            wait_for(lambda: len(set(numbers(state_dir, topic))) == total, 60, "every message")
+            wait_until(lambda: len(set(numbers(state_dir, topic))) == total, 60, "every message")
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
@@ -231,7 +232,7 @@ def test_broker_restart_mid_stream(
         private_broker.restart()  # SIGTERM: mosquitto saves its persistence file first
         with Publisher(private_broker.host, private_broker.port) as pub:
             pub.wait(publish_numbered(pub, topic, range(1000, 2000)))
-        wait_for(lambda: len(set(numbers(state_dir, topic))) >= 2000, 60, "ingest to resume")
+        wait_until(lambda: len(set(numbers(state_dir, topic))) >= 2000, 60, "ingest to resume")
         assert source.connected.is_set()  # type: ignore[attr-defined]
     got = list(dict.fromkeys(numbers(state_dir, topic)))
     assert got == list(range(2000))
@@ -254,7 +255,7 @@ def test_bad_payloads_do_not_hurt(
     try:
         with Publisher(*broker) as pub:
             pub.wait([pub.publish(f"{topic}/warmup", b"{}")])
-            wait_for(lambda: len(spooled(state_dir)) == 1, 10)
+            wait_until(lambda: len(spooled(state_dir)) == 1, 10)
             rss_before = _rss_kb(proc.pid)
             rng = random.Random(5)
             mids = [
@@ -264,10 +265,10 @@ def test_bad_payloads_do_not_hurt(
             mids.append(pub.publish(f"{topic}/big", os.urandom(10 * 1024 * 1024)))
             mids.append(pub.publish(f"{topic}/binary", b"\xff\xfe\x00 not utf-8"))
             pub.wait(mids)
-            wait_for(lambda: len(spooled(state_dir)) == 1002, 20, "the junk to be spooled")
+            wait_until(lambda: len(spooled(state_dir)) == 1002, 20, "the junk to be spooled")
             sent = time.monotonic()
             pub.wait([pub.publish(f"{topic}/good", b'{"n": 1}')])
-            wait_for(
+            wait_until(
                 lambda: spooled(state_dir)[-1]["name"] == f"{topic}/good",
                 1.0,
                 "the next good message within 1 s",
@@ -332,7 +333,7 @@ def test_spool_full_holds_messages_at_the_broker(
         ):
             subscribed(agent)  # a new session: what is published before SUBACK goes nowhere
             pub.wait(publish_numbered(pub, topic, range(200)))  # ~200 B each: ~4x the cap
-            wait_for(
+            wait_until(
                 lambda: "spool full" in (agent.components[-1].last_error or ""),
                 20,  # type: ignore[attr-defined]
                 "the source to notice the full spool",
@@ -340,7 +341,7 @@ def test_spool_full_holds_messages_at_the_broker(
             held = len(set(numbers(state_dir, topic)))
             assert 0 < held < 200
             down["on"] = False  # the sink recovers, the spool drains, ingest resumes
-            wait_for(
+            wait_until(
                 lambda: len({e["payload"]["n"] for e in remote.accepted()}) == 200,
                 60,
                 "all 200 delivered",
@@ -368,7 +369,9 @@ def test_a_restart_does_not_ingest_retained_messages_again(
         for _ in range(3):
             with running_agent(cfg) as agent:
                 subscribed(agent)
-                wait_for(lambda: any(e["name"] == f"{topic}/door" for e in spooled(state_dir)), 10)
+                wait_until(
+                    lambda: any(e["name"] == f"{topic}/door" for e in spooled(state_dir)), 10
+                )
                 time.sleep(0.3)  # a resent retained message would arrive by now
         assert [e["name"] for e in spooled(state_dir)] == [f"{topic}/door"]
         # Another filter: subscribed again, and its retained message arrives.
@@ -378,7 +381,7 @@ def test_a_restart_does_not_ingest_retained_messages_again(
         )  # fmt: skip
         with running_agent(cfg) as agent:
             subscribed(agent)
-            wait_for(lambda: len(spooled(state_dir)) >= 2, 10, "the new filter's retained")
+            wait_until(lambda: len(spooled(state_dir)) >= 2, 10, "the new filter's retained")
             time.sleep(0.3)
         names = [e["name"] for e in spooled(state_dir)]
         assert names[0] == f"{topic}/door" and names.count(f"{topic}-other/lamp") == 1

@@ -47,7 +47,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -78,27 +78,10 @@ __all__ = [
     "push_numbers",
     "quiet",
     "table",
-    "wait_until",
     "write_config",
 ]
 
 Numbered = tuple[int, str]  # (n, event id)
-
-
-def wait_until(
-    condition: Callable[[], bool],
-    timeout: float,
-    what: str = "condition",
-    detail: Callable[[], str] | None = None,
-) -> None:
-    """Wait until ``condition()`` holds (checked every 20 ms), or fail after ``timeout``
-    with ``detail()`` (say, the ledger's reports and the agent's output) in the message."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            more = f"\n{detail()}" if detail is not None else ""
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{more}")
-        time.sleep(0.02)
 
 
 # ------------------------------------------------------------------------------ config

@@ -33,11 +33,11 @@ from tests.fault.harness import (
     http_sink_part,
     mqtt_part,
     table,
-    wait_until,
 )
 from tests.helpers.brokers import PrivateMosquitto
 from tests.helpers.http_server import RemoteServer
 from tests.helpers.mqtt import Publisher, unique
+from tests.helpers.wait import wait_until
 
 BOUND = 1.0  # seconds from a good event's publish (or push) to its arrival at the sink
 NASTY = ["a/#", "../x", '"; rm -rf /"']  # device names, actions, event names
@@ -182,7 +182,9 @@ def test_bad_input_end_to_end(rig: Rig) -> None:
     refused = dead_letters(agent.state_dir, "@commands")[before:]
     assert len(refused) == len(nasty_commands), refused
     assert all(reason.startswith("bad command: ") for reason, _ in refused), refused
-    wait_until(lambda: bool(rig.delivered("command...")), 5, 'the outcome of ".."', agent.tail)
+    wait_until(
+        lambda: bool(rig.delivered("command...")), 5, 'the outcome of ".."', detail=agent.tail
+    )
     [outcome] = rig.delivered("command...")
     assert outcome["payload"]["status"] == "failed"
     assert "unknown device" in outcome["payload"]["error"]

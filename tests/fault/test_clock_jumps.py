@@ -28,7 +28,7 @@ import itertools
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -71,13 +71,6 @@ def traveller() -> Iterator[time_machine.Traveller]:
     """The wall clock, ticking, movable with ``move_to``; the real one again afterwards."""
     with time_machine.travel(time.time(), tick=True) as t:
         yield t
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout  # monotonic: the wall clock is being moved
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def gaps(times: Sequence[float]) -> list[float]:

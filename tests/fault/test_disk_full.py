@@ -31,11 +31,11 @@ from tests.fault.harness import (
     integrity_check,
     mqtt_part,
     numbered,
-    wait_until,
 )
 from tests.helpers.brokers import PrivateMosquitto
 from tests.helpers.http_server import RemoteServer, Reply
 from tests.helpers.mqtt import Publisher, spooled, unique
+from tests.helpers.wait import wait_until
 
 pytestmark = [pytest.mark.root]
 
