@@ -7,7 +7,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pika.exceptions
@@ -29,6 +29,7 @@ from relay.sinks.amqp import AmqpSink
 from relay.sinks.amqp_wire import describe
 from relay.sinks.confirms import ConfirmWindow, Outcome
 from relay.spool import Spool
+from tests.helpers.mocks import MockSink, SinkHandler
 from tests.helpers.wait import wait_until
 
 # ------------------------------------------------------------------ ConfirmWindow
@@ -337,23 +338,14 @@ def test_a_wake_before_the_wait_is_not_lost(unreachable_sink: AmqpSink) -> None:
 # ------------------------------------------------------------------ the forwarder's hook
 
 
-class WaitingFake:
-    """A sink with the optional wait/wake: records waits; ``wait`` blocks on a real Event."""
+class WaitingMock(MockSink):
+    """A MockSink with the optional wait/wake (``forwarder.WaitingSink``): records the
+    timeout of every wait; ``wait`` blocks on a real Event."""
 
-    name = "fake"
-
-    def __init__(self) -> None:
-        self.batches: list[list[int]] = []
+    def __init__(self, handler: SinkHandler | None = None) -> None:
+        super().__init__(handler)
         self.waits: list[float | None] = []
-        self.fail = False
         self._woken = threading.Event()
-        self.sent = threading.Event()
-
-    def send(self, events: Sequence[Event]) -> None:
-        self.batches.append([e.payload for e in events])
-        self.sent.set()
-        if self.fail:
-            raise TransientError("down")
 
     def wait(self, timeout: float | None) -> None:
         self.waits.append(timeout)
@@ -363,9 +355,6 @@ class WaitingFake:
     def wake(self) -> None:
         self._woken.set()
 
-    def close(self) -> None:
-        pass
-
 
 @pytest.fixture
 def spool(tmp_path: Path) -> Iterator[Spool]:
@@ -374,13 +363,13 @@ def spool(tmp_path: Path) -> Iterator[Spool]:
         yield s
 
 
-def forwarder(spool: Spool, sink: WaitingFake, initial: float = 0.2) -> Forwarder:
+def forwarder(spool: Spool, sink: WaitingMock, initial: float = 0.2) -> Forwarder:
     policy = Policy(backoff=Backoff(initial, 1.0, initial), batch_max=10)
     return Forwarder(sink, spool, policy, rng=random.Random(0))
 
 
 def test_idle_forwarder_waits_in_the_sink_and_a_put_wakes_it(spool: Spool) -> None:
-    sink = WaitingFake()
+    sink = WaitingMock()
     f = forwarder(spool, sink)
     f.start()
     try:
@@ -395,8 +384,7 @@ def test_idle_forwarder_waits_in_the_sink_and_a_put_wakes_it(spool: Spool) -> No
 
 
 def test_backoff_waits_in_the_sink_and_puts_do_not_cut_it_short(spool: Spool) -> None:
-    sink = WaitingFake()
-    sink.fail = True
+    sink = WaitingMock(lambda events: TransientError("down"))
     f = forwarder(spool, sink, initial=0.5)
     spool.put(event(1))
     f.start()
@@ -413,7 +401,7 @@ def test_backoff_waits_in_the_sink_and_puts_do_not_cut_it_short(spool: Spool) ->
 
 
 def test_stop_wakes_a_waiting_forwarder(spool: Spool) -> None:
-    sink = WaitingFake()
+    sink = WaitingMock()
     f = forwarder(spool, sink)
     f.start()
     wait_until(lambda: sink.waits == [None], 5, "a wait")
@@ -424,7 +412,7 @@ def test_stop_wakes_a_waiting_forwarder(spool: Spool) -> None:
 
 def test_a_put_just_after_the_lease_is_not_missed(spool: Spool) -> None:
     """The lost-wakeup race: the put lands between the lease and the subscription."""
-    sink = WaitingFake()
+    sink = WaitingMock()
     f = forwarder(spool, sink)
     real_lease = spool.lease
     raced = []
@@ -457,14 +445,7 @@ def test_on_change_calls_back_until_unsubscribed(spool: Spool) -> None:
 
 
 def test_a_sink_without_wait_keeps_the_old_waits(spool: Spool) -> None:
-    class Plain:
-        name = "fake"
-
-        def send(self, events: Sequence[Event]) -> None: ...
-
-        def close(self) -> None: ...
-
-    f = Forwarder(Plain(), spool, Policy())
+    f = Forwarder(MockSink(), spool, Policy())
     assert f._waiter is None
 
 

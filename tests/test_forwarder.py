@@ -1,42 +1,22 @@
-"""The forwarder's step(now), driven with a fake clock and a recording fake sink: no sleeps."""
+"""The forwarder's step(now), driven with a fake clock and a MockSink: no sleeps."""
 
 from __future__ import annotations
 
 import random
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from relay.backoff import Backoff
-from relay.errors import PermanentError, SendError, TransientError
+from relay.errors import PermanentError, TransientError
 from relay.event import Event
 from relay.forwarder import Forwarder, Policy, Step
 from relay.spool import Spool
+from tests.helpers.mocks import MockSink, in_turn, payloads
 from tests.helpers.wait import wait_until
-
-
-class FakeSink:
-    """Records every batch; ``answer`` decides, per batch, what happens."""
-
-    name = "fake"
-
-    def __init__(self) -> None:
-        self.batches: list[list[int]] = []
-        self.answer: Callable[[list[int]], SendError | None] = lambda batch: None
-        self.closed = False
-
-    def send(self, events: Sequence[Event]) -> None:
-        batch = [e.payload for e in events]
-        self.batches.append(batch)
-        error = self.answer(batch)
-        if error is not None:
-            raise error
-
-    def close(self) -> None:
-        self.closed = True
 
 
 class Wall:
@@ -58,7 +38,7 @@ def put(spool: Spool, *ns: int) -> None:
     spool.put_many([Event.new(node="t", source="test", name="x", payload=n) for n in ns])
 
 
-def make(spool: Spool, sink: FakeSink, **policy: object) -> Forwarder:
+def make(spool: Spool, sink: MockSink, **policy: object) -> Forwarder:
     pol = Policy(**{"backoff": Backoff(1.0, 2.0, 60.0), **policy})  # type: ignore[arg-type]
     return Forwarder(sink, spool, pol, rng=random.Random(0), wall=Wall())
 
@@ -77,12 +57,12 @@ def drain(f: Forwarder, now: float = 0.0, limit: int = 1000) -> list[Step]:
 
 
 def test_idle_when_empty(spool: Spool) -> None:
-    assert make(spool, FakeSink()).step(0) is Step.IDLE
+    assert make(spool, MockSink()).step(0) is Step.IDLE
 
 
 def test_sends_in_order_and_acks(spool: Spool) -> None:
     put(spool, 1, 2, 3)
-    sink = FakeSink()
+    sink = MockSink()
     f = make(spool, sink)
     assert drain(f) == [Step.SENT] * 3 + [Step.IDLE]
     assert sink.batches == [[1], [2], [3]]
@@ -92,9 +72,7 @@ def test_sends_in_order_and_acks(spool: Spool) -> None:
 
 def test_transient_failure_retries_the_same_head_after_backoff(spool: Spool) -> None:
     put(spool, 1, 2)
-    sink = FakeSink()
-    fails = iter([TransientError("HTTP 503"), TransientError("HTTP 503"), None, None])
-    sink.answer = lambda b: next(fails)
+    sink = MockSink(in_turn(TransientError("HTTP 503"), TransientError("HTTP 503"), None, None))
     f = make(spool, sink)
     assert f.step(0) is Step.RETRY
     first_wait = f.next_attempt
@@ -111,8 +89,7 @@ def test_transient_failure_retries_the_same_head_after_backoff(spool: Spool) -> 
 
 def test_transient_retries_forever_without_max_age(spool: Spool) -> None:
     put(spool, 1)
-    sink = FakeSink()
-    sink.answer = lambda b: TransientError("down")
+    sink = MockSink(lambda events: TransientError("down"))
     f = make(spool, sink)
     now = 0.0
     for _ in range(200):
@@ -124,8 +101,7 @@ def test_transient_retries_forever_without_max_age(spool: Spool) -> None:
 
 def test_retry_after_is_honoured(spool: Spool) -> None:
     put(spool, 1)
-    sink = FakeSink()
-    sink.answer = lambda b: TransientError("HTTP 429", retry_after=7.0)
+    sink = MockSink(lambda events: TransientError("HTTP 429", retry_after=7.0))
     f = make(spool, sink)
     f.step(100.0)
     assert f.next_attempt >= 107.0
@@ -133,8 +109,9 @@ def test_retry_after_is_honoured(spool: Spool) -> None:
 
 def test_poison_event_is_dead_lettered_and_the_rest_flow(spool: Spool) -> None:
     put(spool, 1, 2, 3)
-    sink = FakeSink()
-    sink.answer = lambda b: PermanentError("HTTP 400: bad field") if b == [2] else None
+    sink = MockSink(
+        lambda events: PermanentError("HTTP 400: bad field") if payloads(events) == [2] else None
+    )
     f = make(spool, sink, max_retries=2)
     steps = drain(f)
     assert steps.count(Step.RETRY) == 2 and steps.count(Step.DEAD) == 1
@@ -145,15 +122,13 @@ def test_poison_event_is_dead_lettered_and_the_rest_flow(spool: Spool) -> None:
 
 def test_max_retries_zero_dead_letters_at_once(spool: Spool) -> None:
     put(spool, 1)
-    sink = FakeSink()
-    sink.answer = lambda b: PermanentError("HTTP 422")
+    sink = MockSink(lambda events: PermanentError("HTTP 422"))
     assert drain(make(spool, sink, max_retries=0)) == [Step.DEAD, Step.IDLE]
 
 
 def test_max_age_stops_transient_retries(spool: Spool) -> None:
     put(spool, 1, 2)
-    sink = FakeSink()
-    sink.answer = lambda b: TransientError("HTTP 503") if b == [1] else None
+    sink = MockSink(lambda events: TransientError("HTTP 503") if payloads(events) == [1] else None)
     f = make(spool, sink, max_age=3600.0)
     wall = f._wall
     assert isinstance(wall, Wall)
@@ -167,15 +142,14 @@ def test_max_age_stops_transient_retries(spool: Spool) -> None:
 
 def test_batches_with_a_backlog(spool: Spool) -> None:
     put(spool, *range(7))
-    sink = FakeSink()
+    sink = MockSink()
     assert drain(make(spool, sink, batch_max=3)) == [Step.SENT] * 3 + [Step.IDLE]
     assert sink.batches == [[0, 1, 2], [3, 4, 5], [6]]
 
 
 def test_refused_batch_is_split_to_find_the_poison(spool: Spool) -> None:
     put(spool, *range(6))
-    sink = FakeSink()
-    sink.answer = lambda b: PermanentError("HTTP 400") if 2 in b else None
+    sink = MockSink(lambda events: PermanentError("HTTP 400") if 2 in payloads(events) else None)
     f = make(spool, sink, batch_max=4, max_retries=1)
     drain(f)
     assert [d.event_id for d in spool.dead_letters()] == [spool.dead_letters()[0].event_id]
@@ -188,17 +162,14 @@ def test_refused_batch_is_split_to_find_the_poison(spool: Spool) -> None:
 
 def test_partial_delivery_acks_the_front(spool: Spool) -> None:
     put(spool, *range(5))
-    sink = FakeSink()
-    answers = iter([TransientError("confirm lost", delivered=2), None])
-    sink.answer = lambda b: next(answers)
+    sink = MockSink(in_turn(TransientError("confirm lost", delivered=2), None))
     drain(make(spool, sink, batch_max=5))
     assert sink.batches == [[0, 1, 2, 3, 4], [2, 3, 4]]
 
 
 def test_failure_state_is_kept_in_the_spool_for_status(spool: Spool) -> None:
     put(spool, 1)
-    sink = FakeSink()
-    sink.answer = lambda b: TransientError("HTTP 503 from remote")
+    sink = MockSink(lambda events: TransientError("HTTP 503 from remote"))
     f = make(spool, sink)
     f.step(0)
     f.step(f.next_attempt)
@@ -207,15 +178,14 @@ def test_failure_state_is_kept_in_the_spool_for_status(spool: Spool) -> None:
 
 
 def test_run_wakes_on_put_and_stops(spool: Spool) -> None:
-    sink = FakeSink()
+    done = threading.Event()
+    sink = MockSink(lambda events: done.set())  # type: ignore[func-returns-value]
     f = make(spool, sink)
     steps: list[Step] = []
     real_step = f.step
     f.step = lambda now: steps.append(real_step(now)) or steps[-1]  # type: ignore[method-assign]
     f.start()
     try:
-        done = threading.Event()
-        sink.answer = lambda b: done.set()  # type: ignore[func-returns-value]
         put(spool, 1)
         assert done.wait(5)
     finally:
@@ -232,7 +202,7 @@ def test_the_last_ack_of_a_drain_is_committed_at_once(tmp_path: Path) -> None:
     # A gathered ack would sit for a minute.
     with Spool.open(tmp_path, durability="normal", ack_delay=60) as spool:
         spool.register_sinks(["fake"])
-        sink = FakeSink()
+        sink = MockSink()
         f = make(spool, sink)
         put(spool, 1, 2, 3)
         assert drain(f) == [Step.SENT, Step.SENT, Step.SENT, Step.IDLE]
