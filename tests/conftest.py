@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from gpiozero.pins.mock import MockFactory
 from hypothesis import settings
 
 from tests.helpers.brokers import PrivateRabbit, rabbit_unusable
@@ -65,3 +66,15 @@ def rabbit() -> Iterator[PrivateRabbit]:
         pytest.skip(reason)
     with PrivateRabbit() as node:
         yield node
+
+
+@pytest.fixture
+def mock_factory() -> Iterator[MockFactory]:
+    """gpiozero's own twin of the pins (``pin(17).drive_low()``), reset before and after the
+    test. gpiozero 1.x kept the pins and their reservations on the class, shared by every
+    factory of the process, so a pin a test left behind showed up in the next; gpiozero 2
+    keeps them per factory, and the resets keep that true whichever version is installed."""
+    factory = MockFactory()
+    factory.reset()
+    yield factory
+    factory.reset()
