@@ -12,6 +12,7 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 from hypothesis import settings
 
+from tests.helpers import toml
 from tests.helpers.brokers import PrivateRabbit, rabbit_unusable
 from tests.helpers.common import REQUIRE_BROKERS
 
@@ -29,18 +30,13 @@ def state_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def write_config(tmp_path: Path, state_dir: Path) -> Callable[..., Path]:
-    """Write a relay.toml whose state_dir is this test's; returns its path.
+    """``write_config(*parts, name="relay.toml")``: a relay.toml of the parts (built with
+    tests.helpers.toml, or TOML text) whose node is "test-node" and whose state_dir is this
+    test's; its path. Mode 0640, as installed (tests.helpers.toml.write)."""
 
-    Mode 0640, as the installer writes /etc/relay.toml: ``relay run`` refuses a file every
-    user may read while it holds a secret inline (relay.config.permission_problems).
-    """
-
-    def write(body: str = "", *, name: str = "relay.toml") -> Path:
-        path = tmp_path / name
-        head = f'node = "test-node"\nstate_dir = "{state_dir}"\n'
-        path.write_text(head + textwrap.dedent(body))
-        path.chmod(0o640)
-        return path
+    def write(*parts: str, name: str = "relay.toml") -> Path:
+        body = textwrap.dedent("".join(parts))
+        return toml.write(tmp_path / name, body, node="test-node", state_dir=state_dir)
 
     return write
 

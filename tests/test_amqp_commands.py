@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay.sources.amqp import AmqpCommandSource
+from tests.helpers import toml
 from tests.helpers.agent import running_agent
 from tests.helpers.brokers import free_port
 from tests.helpers.commands import executed, outcomes
@@ -70,11 +71,11 @@ def counts(queue: str) -> tuple[int, int]:
     raise AssertionError(f"no queue {queue}")
 
 
-def config(device_url: str, queue: str) -> str:
-    return (
-        f'[commands]\namqp_queue = "{queue}"\namqp_url = "{URL}"\nttl_s = 60\n'
-        f'[[devices]]\nname = "heater"\ntype = "http"\nurl = "{device_url}"\n'
-    )
+def config(device_url: str, queue: str, **commands: object) -> str:
+    """Commands from ``queue``, run by the "heater" at ``device_url``; ``commands`` adds to
+    (or replaces) the keys of ``[commands]``."""
+    keys = {"amqp_queue": queue, "amqp_url": URL, "ttl_s": 60, **commands}
+    return toml.commands(**keys) + toml.http_device(device_url, name="heater")
 
 
 def test_acked_only_after_the_outcome(
@@ -159,9 +160,11 @@ def test_amqp_password_file_supplies_the_password(
     secret.write_text("guest\n")
     with RemoteServer() as device:
         cfg = write_config(
-            config(device.url, queue).replace(
-                f'amqp_url = "{URL}"',
-                f'amqp_url = "amqp://guest@127.0.0.1:5672/%2F"\namqp_password_file = "{secret}"',
+            config(
+                device.url,
+                queue,
+                amqp_url="amqp://guest@127.0.0.1:5672/%2F",
+                amqp_password_file=secret,
             )
         )
         with running_agent(cfg):
@@ -176,15 +179,16 @@ def test_amqp_password_file_supplies_the_password(
 @pytest.mark.parametrize(
     ("url", "error"),
     [
-        ('amqp_url = "amqp://127.0.0.1/"\n', "needs a user name in amqp_url"),
-        ("", "amqp_password_file needs amqp_url"),
+        ({"amqp_url": "amqp://127.0.0.1/"}, "needs a user name in amqp_url"),
+        ({}, "amqp_password_file needs amqp_url"),
     ],
+    ids=["a url without a user", "no url"],
 )
 def test_amqp_password_file_needs_a_url_with_a_user(
-    url: str, error: str, write_config: Callable[..., Path], tmp_path: Path
+    url: dict[str, str], error: str, write_config: Callable[..., Path], tmp_path: Path
 ) -> None:
     (tmp_path / "pw").write_text("do-not-print")
-    cfg = write_config(f'[commands]\n{url}amqp_password_file = "{tmp_path / "pw"}"\n')
+    cfg = write_config(toml.commands(**url, amqp_password_file=tmp_path / "pw"))
     done = check_config(cfg)
     assert done.returncode == 78
     [line] = done.stderr.strip().splitlines()
@@ -212,8 +216,7 @@ def test_a_reconnect_of_the_command_queue_is_counted_in_the_metrics(
     with RemoteServer() as device, FaultProxy("127.0.0.1", 5672) as proxy:
         proxied = URL.replace(":5672", f":{proxy.port}")
         cfg = write_config(
-            config(device.url, queue).replace(URL, proxied)
-            + f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
+            config(device.url, queue, amqp_url=proxied), toml.metrics(f"127.0.0.1:{port}")
         )
         with running_agent(cfg) as agent:
             source = next(c for c in agent.components if isinstance(c, AmqpCommandSource))

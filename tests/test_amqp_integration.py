@@ -25,6 +25,7 @@ from relay.event import Event
 from relay.sinks import amqp
 from relay.sinks.amqp import AmqpSink
 from relay.spool import Spool
+from tests.helpers import toml
 from tests.helpers.agent import running_agent, spool_of
 from tests.helpers.brokers import PrivateRabbit
 from tests.helpers.common import RELAY, need_service, read_until, sink_status
@@ -32,13 +33,14 @@ from tests.helpers.faultproxy import FaultProxy
 from tests.helpers.wait import wait_until
 
 RABBIT = "amqp://guest:guest@127.0.0.1:5672/%2F"
-FAST_RETRY = 'retry_initial = "50ms"\nretry_max = "500ms"\n'
+FAST_RETRY = {"retry_initial": "50ms", "retry_max": "500ms"}
 
 pytestmark = pytest.mark.broker
 
 
-def sink_config(url: str, extra: str = "") -> str:
-    return f'[[sinks]]\nname = "bus"\ntype = "amqp"\nurl = "{url}"\n{FAST_RETRY}{extra}'
+def sink_config(url: str, **keys: object) -> str:
+    """The "bus" sink at ``url``, retrying fast unless ``keys`` say otherwise."""
+    return toml.amqp_sink(url, **{**FAST_RETRY, **keys})
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,7 @@ def test_2000_events_arrive_once_each_in_order(
     broker: Broker, write_config: Callable[..., Path]
 ) -> None:
     queue = broker.name()  # the sink declares it
-    cfg = write_config(sink_config(RABBIT, f'queue = "{queue}"\n'))
+    cfg = write_config(sink_config(RABBIT, queue=queue))
     with running_agent(cfg) as agent:
         ids = []
         for i in range(0, 2000, 100):  # a stream, while the forwarder drains
@@ -167,7 +169,7 @@ def test_2000_events_arrive_once_each_in_order(
 
 def test_window_of_one(broker: Broker, write_config: Callable[..., Path]) -> None:
     queue = broker.name()
-    cfg = write_config(sink_config(RABBIT, f'queue = "{queue}"\nwindow = 1\n'))
+    cfg = write_config(sink_config(RABBIT, queue=queue, window=1))
     with running_agent(cfg) as agent:
         ids = put(spool_of(agent), 300)
         wait_until(lambda: depth(agent) == 0, 20, "the spool to drain")
@@ -177,7 +179,7 @@ def test_window_of_one(broker: Broker, write_config: Callable[..., Path]) -> Non
 def test_exchange_and_routing_key(broker: Broker, write_config: Callable[..., Path]) -> None:
     exchange = broker.exchange()
     queue = broker.queue(bind=(exchange, "home.door"))
-    cfg = write_config(sink_config(RABBIT, f'exchange = "{exchange}"\nrouting_key = "home.door"\n'))
+    cfg = write_config(sink_config(RABBIT, exchange=exchange, routing_key="home.door"))
     with running_agent(cfg) as agent:
         ids = put(spool_of(agent), 10)
         wait_until(lambda: depth(agent) == 0, 10)
@@ -189,7 +191,7 @@ def test_an_existing_quorum_queue_is_used_as_it_is(
 ) -> None:
     caplog.set_level(logging.INFO, logger="relay")
     queue = broker.queue(**{"x-queue-type": "quorum"})  # made by the operator
-    cfg = write_config(sink_config(RABBIT, f'queue = "{queue}"\n'))
+    cfg = write_config(sink_config(RABBIT, queue=queue))
     with running_agent(cfg) as agent:
         ids = put(spool_of(agent), 50)
         wait_until(lambda: depth(agent) == 0, 10)
@@ -207,8 +209,9 @@ def test_queue_deleted_mid_stream_nothing_is_lost(
     exchange = broker.exchange()
     queue = broker.queue(bind=(exchange, "door"))
     retries = 0 if policy == "dead-letter" else 10_000
-    extra = f'exchange = "{exchange}"\nrouting_key = "door"\nwindow = 20\nmax_retries = {retries}\n'
-    cfg = write_config(sink_config(RABBIT, extra))
+    cfg = write_config(
+        sink_config(RABBIT, exchange=exchange, routing_key="door", window=20, max_retries=retries)
+    )
     with running_agent(cfg) as agent:
         spool = spool_of(agent)
         ids: list[str] = []
@@ -259,7 +262,7 @@ def test_kill_9_between_publish_and_confirm_loses_nothing(
     broker: Broker, write_config: Callable[..., Path], state_dir: Path, relay_env: dict[str, str]
 ) -> None:
     queue = broker.name()
-    cfg = write_config(sink_config(RABBIT, f'queue = "{queue}"\n'))
+    cfg = write_config(sink_config(RABBIT, queue=queue))
     with Spool.open(state_dir) as spool:
         spool.register_sinks(["bus"])
         ids = [i for start in range(0, 5000, 1000) for i in put(spool, 1000, start)]
@@ -291,7 +294,7 @@ def test_heartbeats_flow_while_idle(
     4 s keeps its connection only if its forwarder services pika while it waits."""
     caplog.set_level(logging.INFO, logger="relay")
     queue = broker.name()
-    cfg = write_config(sink_config(RABBIT, f'queue = "{queue}"\nheartbeat_s = 1\n'))
+    cfg = write_config(sink_config(RABBIT, queue=queue, heartbeat_s=1))
     with running_agent(cfg) as agent:
         ids = put(spool_of(agent), 1)
         wait_until(lambda: depth(agent) == 0, 10)
@@ -312,7 +315,7 @@ def test_dead_link_is_noticed_and_reconnected(
     queue = broker.name()
     with FaultProxy("127.0.0.1", 5672) as proxy:
         url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F"
-        cfg = write_config(sink_config(url, f'queue = "{queue}"\nheartbeat_s = 1\n'))
+        cfg = write_config(sink_config(url, queue=queue, heartbeat_s=1))
         with running_agent(cfg) as agent:
             ids = put(spool_of(agent), 1)
             wait_until(lambda: depth(agent) == 0, 10)
@@ -388,7 +391,7 @@ def test_broker_restart_mid_stream(
 ) -> None:
     caplog.set_level(logging.INFO, logger="relay")
     queue = f"relay-test-{uuid.uuid4().hex[:10]}"
-    cfg = write_config(sink_config(rabbit.url, f'queue = "{queue}"\ntimeout_s = 5\n'))
+    cfg = write_config(sink_config(rabbit.url, queue=queue, timeout_s=5))
     ids: list[str] = []
     stop = threading.Event()
     with running_agent(cfg) as agent:
@@ -431,7 +434,7 @@ def test_blocked_broker_is_a_transient_state_in_status(
     caplog.set_level(logging.INFO, logger="relay")
     broker = Broker(rabbit.url)
     queue = broker.name()
-    cfg = write_config(sink_config(rabbit.url, f'queue = "{queue}"\n'))
+    cfg = write_config(sink_config(rabbit.url, queue=queue))
     try:
         with running_agent(cfg) as agent:
             spool = spool_of(agent)

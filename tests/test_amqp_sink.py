@@ -29,6 +29,7 @@ from relay.sinks.amqp import AmqpSink
 from relay.sinks.amqp_wire import describe
 from relay.sinks.confirms import ConfirmWindow, Outcome
 from relay.spool import Spool
+from tests.helpers import toml
 from tests.helpers.mocks import MockSink, SinkHandler
 from tests.helpers.wait import wait_until
 
@@ -228,8 +229,8 @@ def test_describe_digs_out_the_innermost_reason() -> None:
 # ------------------------------------------------------------------ config
 
 
-def amqp_sink(write_config: Callable[..., Path], extra: str) -> str:
-    path = write_config(f'[[sinks]]\nname = "bus"\ntype = "amqp"\nqueue = "q"\n{extra}')
+def amqp_sink(write_config: Callable[..., Path], url: str, **keys: object) -> str:
+    path = write_config(toml.amqp_sink(url, name="bus", queue="q", **keys))
     return str(path)
 
 
@@ -238,10 +239,7 @@ def test_password_file_replaces_the_password_percent_encoded(
 ) -> None:
     secret = tmp_path / "pw"
     secret.write_text("p@ss:w/rd%\n")
-    path = amqp_sink(
-        write_config,
-        f'url = "amqp://relay:old@broker:5671/%2F"\npassword_file = "{secret}"\n',
-    )
+    path = amqp_sink(write_config, "amqp://relay:old@broker:5671/%2F", password_file=secret)
     [sink] = config.load(Path(path)).sinks
     assert isinstance(sink, AmqpSinkConfig)
     url = sink.url.get_secret_value()
@@ -252,7 +250,7 @@ def test_password_file_replaces_the_password_percent_encoded(
 
 def test_password_file_needs_a_user(write_config: Callable[..., Path], tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("secret")
-    path = amqp_sink(write_config, f'url = "amqp://broker/"\npassword_file = "{tmp_path}/pw"\n')
+    path = amqp_sink(write_config, "amqp://broker/", password_file=f"{tmp_path}/pw")
     with pytest.raises(ConfigError) as info:
         config.load(Path(path))
     [line] = info.value.problems
@@ -260,7 +258,7 @@ def test_password_file_needs_a_user(write_config: Callable[..., Path], tmp_path:
 
 
 def test_ca_file_needs_amqps(write_config: Callable[..., Path], tmp_path: Path) -> None:
-    path = amqp_sink(write_config, f'url = "amqp://broker/"\nca_file = "{tmp_path}/ca.pem"\n')
+    path = amqp_sink(write_config, "amqp://broker/", ca_file=f"{tmp_path}/ca.pem")
     with pytest.raises(ConfigError, match="ca_file is for amqps"):
         config.load(Path(path))
 

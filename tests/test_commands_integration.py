@@ -22,6 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from relay.commands import CommandExecutor
 from relay.mqtt.connection import MqttConnection
 from relay.spool import COMMAND_REJECTS, Spool
+from tests.helpers import toml
 from tests.helpers.agent import running_agent
 from tests.helpers.commands import executed, outcomes
 from tests.helpers.common import RELAY, need_service
@@ -30,12 +31,15 @@ from tests.helpers.mqtt import Publisher, unique
 from tests.helpers.wait import wait_until
 
 
-def config(device_url: str, cmd_topic: str, extra: str = "", commands: str = "") -> str:
-    return (
-        f'[mqtt]\nhost = "127.0.0.1"\nport = 1883\nclient_id = "{unique("relay-test-")}"\n'
-        f'[commands]\nmqtt_topic = "{cmd_topic}/+"\nttl_s = 30\ntimeout_s = 10\n{commands}'
-        f'[[devices]]\nname = "heater"\ntype = "http"\nurl = "{device_url}"\n'
-        f'actions = ["on", "off"]\n{extra}'
+def config(device_url: str, cmd_topic: str, *more: str, **commands: Any) -> str:
+    """The shared Mosquitto, commands on ``cmd_topic/+`` run by the "heater" at
+    ``device_url``, and ``more`` parts; ``commands`` adds to (or replaces) the keys of
+    ``[commands]``."""
+    return toml.document(
+        toml.mqtt(1883),
+        toml.commands(mqtt_topic=f"{cmd_topic}/+", **{"ttl_s": 30, "timeout_s": 10, **commands}),
+        toml.http_device(device_url, name="heater", actions=["on", "off"]),
+        *more,
     )
 
 
@@ -80,9 +84,8 @@ def broker() -> None:
 def test_one_at_a_time_across_inputs(write_config: Callable[..., Path], state_dir: Path) -> None:
     need_service("RabbitMQ", 5672)
     topic, queue = unique("relaytest/"), unique("relay-test-commands-")
-    amqp = f'amqp_queue = "{queue}"\namqp_url = "{AMQP_URL}"\n'
     with RemoteServer(lambda r, n: Reply(200, delay=0.04)) as device:
-        cfg = write_config(config(device.url, topic, commands=amqp))
+        cfg = write_config(config(device.url, topic, amqp_queue=queue, amqp_url=AMQP_URL))
         with running_agent(cfg) as agent, Publisher() as pub:
             parts(agent)
             mqtt_ids = [f"m{i}" for i in range(20)]
@@ -143,9 +146,7 @@ def test_command_stuck_behind_a_stall_expires(
     write_config: Callable[..., Path], state_dir: Path
 ) -> None:
     with RemoteServer(lambda r, n: Reply(200, delay=5 if n == 0 else 0)) as device:
-        cfg = write_config(
-            config(device.url, unique("relaytest/")).replace("ttl_s = 30", "ttl_s = 2")
-        )
+        cfg = write_config(config(device.url, unique("relaytest/"), ttl_s=2))
         with running_agent(cfg):
             slow = cli(cfg, "heater", "on").stdout.strip()
             wait_until(lambda: len(device.received) == 1, 10)
@@ -197,9 +198,8 @@ def test_mqtt_device_and_bad_commands(write_config: Callable[..., Path], state_d
     watcher.subscribe(lamp_topic, qos=1)
     watcher.loop_start()
     try:
-        extra = f'[[devices]]\nname = "lamp"\ntype = "mqtt"\ntopic = "{lamp_topic}"\n'
         with RemoteServer() as device:
-            cfg = write_config(config(device.url, topic, extra))
+            cfg = write_config(config(device.url, topic, toml.mqtt_device(lamp_topic, name="lamp")))
             with running_agent(cfg) as agent, Publisher() as pub:
                 parts(agent)
                 pub.wait(

@@ -17,6 +17,7 @@ from relay.devices.gpio import GpioDevice
 from relay.errors import DeviceError
 from relay.sources.gpio import GpioSource
 from relay.spool import Spool
+from tests.helpers import toml
 from tests.helpers.agent import running_agent
 from tests.helpers.http_server import RemoteServer
 from tests.helpers.wait import wait_until
@@ -189,10 +190,15 @@ def test_active_high_without_pull(
 def test_gpio_events_reach_an_http_sink(write_config: Callable[..., Path]) -> None:
     with RemoteServer() as remote:
         cfg = write_config(
-            '[gpio]\npin_factory = "mock"\n'
-            '[[sources]]\ntype = "gpio"\npin = 17\nname = "front_door"\nbounce_ms = 20\n'
-            'on_active = "door opened"\non_inactive = "door closed"\n'
-            f'[[sinks]]\nname = "cloud"\ntype = "http"\nurl = "{remote.url}"\n'
+            toml.gpio(pin_factory="mock"),
+            toml.gpio_source(
+                17,
+                "front_door",
+                bounce_ms=20,
+                on_active="door opened",
+                on_inactive="door closed",
+            ),
+            toml.http_sink(remote.url),
         )
         with running_agent(cfg) as agent:
             source = next(c for c in agent.components if isinstance(c, GpioSource))

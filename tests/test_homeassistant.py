@@ -27,6 +27,7 @@ from relay.homeassistant import HaDiscovery, HaWakeups, Topics, discovery_config
 from relay.logonce import LogOnce
 from relay.mqtt import Message, Session
 from relay.spool import Spool
+from tests.helpers import toml
 from tests.helpers.agent import running_agent, spool_of
 from tests.helpers.common import need_service
 from tests.helpers.http_server import RemoteServer, Reply
@@ -345,11 +346,14 @@ def test_with_real_mosquitto(
     down.set()
     with RemoteServer(lambda r, n: Reply(503) if down.is_set() else Reply(200)) as server:
         cfg = write_config(
-            f'[mqtt]\nhost = "127.0.0.1"\nport = 1883\nclient_id = "{unique("relay-ha-")}"\n'
-            f'[homeassistant]\ndiscovery = true\ndiscovery_prefix = "{prefix}"\n'
-            f'birth_topic = "{prefix}/status"\nmin_interval = "1s"\n'
-            f'[[sinks]]\nname = "cloud"\ntype = "http"\nurl = "{server.url}"\n'
-            'retry_initial = "100ms"\nretry_max = "300ms"\n'
+            toml.mqtt(1883, client_id=unique("relay-ha-")),
+            toml.homeassistant(
+                discovery=True,
+                discovery_prefix=prefix,
+                birth_topic=f"{prefix}/status",
+                min_interval="1s",
+            ),
+            toml.http_sink(server.url, retry_initial="100ms", retry_max="300ms"),
         )
         watcher = Watcher(f"{prefix}/#", f"relay/{node}/#")
         try:
@@ -435,11 +439,10 @@ def test_a_source_on_the_birth_topic_still_spools_it(
     config_topic = f"{prefix}/device/relay_{node}/config"
     monkeypatch.setenv("RELAY_NODE", node)
     cfg = write_config(
-        f'[mqtt]\nhost = "127.0.0.1"\nport = 1883\nclient_id = "{unique("relay-ha-")}"\n'
-        f'[homeassistant]\ndiscovery = true\ndiscovery_prefix = "{prefix}"\n'
-        f'birth_topic = "{home}/status"\n'
-        f'[[sources]]\ntype = "mqtt"\ntopics = ["{home}/#"]\n'
-        '[[sinks]]\nname = "cloud"\ntype = "http"\nurl = "http://127.0.0.1:9/"\n'
+        toml.mqtt(1883, client_id=unique("relay-ha-")),
+        toml.homeassistant(discovery=True, discovery_prefix=prefix, birth_topic=f"{home}/status"),
+        toml.mqtt_source(f"{home}/#"),
+        toml.http_sink("http://127.0.0.1:9/"),
     )
     watcher = Watcher(config_topic)
     try:

@@ -14,16 +14,18 @@ import pytest
 
 import relay
 from relay.event import Event
+from tests.helpers import toml
 from tests.helpers.agent import running_agent, spool_of
 from tests.helpers.common import RELAY
 from tests.helpers.http_server import Received, RemoteServer, Reply
 from tests.helpers.wait import wait_until
 
-FAST_RETRY = 'retry_initial = "50ms"\nretry_max = "500ms"\n'
+FAST_RETRY = {"retry_initial": "50ms", "retry_max": "500ms"}
 
 
-def sink_config(url: str, extra: str = "") -> str:
-    return f'[[sinks]]\nname = "cloud"\ntype = "http"\nurl = "{url}"\n{FAST_RETRY}{extra}'
+def sink_config(url: str, **keys: object) -> str:
+    """The "cloud" sink at ``url``, retrying fast unless ``keys`` say otherwise."""
+    return toml.http_sink(url, **{**FAST_RETRY, **keys})
 
 
 @pytest.fixture
@@ -70,7 +72,7 @@ def test_429_retry_after_is_waited_out(
     remote: RemoteServer, write_config: Callable[..., Path]
 ) -> None:
     remote.respond = lambda r, n: Reply(429, {"Retry-After": "2"}) if n == 0 else Reply(200)
-    cfg = write_config(sink_config(remote.url).replace('"500ms"', '"10s"'))
+    cfg = write_config(sink_config(remote.url, retry_max="10s"))
     with running_agent(cfg):
         push_all(cfg, 1)
         wait_until(lambda: len(remote.accepted()) == 1, 10)
@@ -82,7 +84,7 @@ def test_hanging_server_times_out_and_is_retried(
     remote: RemoteServer, write_config: Callable[..., Path]
 ) -> None:
     remote.respond = lambda r, n: Reply(hang=True) if n == 0 else Reply(200)
-    cfg = write_config(sink_config(remote.url, "timeout_s = 1\n"))
+    cfg = write_config(sink_config(remote.url, timeout_s=1))
     with running_agent(cfg) as agent:
         pushed = time.monotonic()
         push_all(cfg, 2)
@@ -101,7 +103,7 @@ def test_deadline_holds_against_a_trickling_server(
     # One byte every 0.3 s: each read arrives well within the timeout, the whole answer
     # would take ~20 s. The total deadline of 1 s must cut it off.
     remote.respond = lambda r, n: Reply(200, trickle=0.3) if n == 0 else Reply(200)
-    cfg = write_config(sink_config(remote.url, "timeout_s = 1\n"))
+    cfg = write_config(sink_config(remote.url, timeout_s=1))
     with running_agent(cfg):
         pushed = time.monotonic()
         push_all(cfg, 1)
@@ -137,7 +139,7 @@ def test_400_is_dead_lettered_and_the_rest_keep_flowing(
         return Reply(200)
 
     remote.respond = respond
-    cfg = write_config(sink_config(remote.url, "max_retries = 2\n"))
+    cfg = write_config(sink_config(remote.url, max_retries=2))
     relay_env["RELAY_CONFIG"] = str(cfg)
     with running_agent(cfg):
         ids = push_all(cfg, 4)
@@ -189,7 +191,7 @@ def test_batches_catch_up_after_an_outage(
 ) -> None:
     down = {"on": True}
     remote.respond = lambda r, n: Reply(503 if down["on"] else 200)
-    cfg = write_config(sink_config(remote.url, "batch_max = 50\n"))
+    cfg = write_config(sink_config(remote.url, batch_max=50))
     with running_agent(cfg):
         push_all(cfg, 120)
         wait_until(lambda: len(remote.received) >= 2, 10)
@@ -228,7 +230,7 @@ def test_dead_letter_reason_names_the_status_and_body(
     remote: RemoteServer, write_config: Callable[..., Path]
 ) -> None:
     remote.respond = lambda r, n: Reply(422, body=b"unknown device")
-    cfg = write_config(sink_config(remote.url, "max_retries = 0\n"))
+    cfg = write_config(sink_config(remote.url, max_retries=0))
     with running_agent(cfg) as agent:
         push_all(cfg, 1)
         wait_until(lambda: bool(spool_of(agent).dead_letters()), 10)

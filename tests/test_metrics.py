@@ -27,6 +27,7 @@ from relay.event import Event
 from relay.metrics.prometheus import UNKNOWN_DEVICE, PrometheusMetrics
 from relay.spool import Spool
 from relay.spool.model import Tallies
+from tests.helpers import toml
 from tests.helpers.brokers import PrivateMosquitto, free_port
 from tests.helpers.common import RELAY
 from tests.helpers.http_server import Received, RemoteServer, Reply
@@ -120,11 +121,10 @@ def test_counters_match_a_known_run(
         RemoteServer(respond) as remote,
     ):
         cfg = write_config(
-            f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
-            f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\nclient_id = "{unique()}"\n'
-            f'[[sources]]\ntype = "mqtt"\ntopics = ["{topic}/#"]\nmax_payload = "1KiB"\n'
-            f'[[sinks]]\nname = "cloud"\ntype = "http"\nurl = "{remote.url}"\n'
-            'max_retries = 1\nretry_initial = "10ms"\nretry_max = "50ms"\n'
+            toml.metrics(f"127.0.0.1:{port}"),
+            toml.mqtt(broker.port, client_id=unique()),
+            toml.mqtt_source(f"{topic}/#", max_payload="1KiB"),
+            toml.http_sink(remote.url, max_retries=1, retry_initial="10ms", retry_max="50ms"),
         )
         # Written into the spool file by this process, as `relay push` does, agent stopped.
         for name in ("before 1", "poison", "before 2"):
@@ -190,7 +190,7 @@ def test_an_idle_agent_serving_metrics_does_not_wake_up(
     """P7 with the endpoint on: its thread sleeps in select() until a scrape comes (the
     library's serve_forever() would wake twice a second)."""
     port = free_port()
-    cfg = write_config(f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    cfg = write_config(toml.metrics(f"127.0.0.1:{port}"))
     with relay_run(cfg, relay_env) as (proc, _):
         scrape(port)
         time.sleep(0.5)  # the scrape's thread ends
@@ -217,7 +217,7 @@ def test_without_metrics_no_port_is_opened(
     write_config: Callable[..., Path], relay_env: dict[str, str]
 ) -> None:
     with RemoteServer() as remote:
-        cfg = write_config(f'[[sinks]]\nname = "cloud"\ntype = "http"\nurl = "{remote.url}"\n')
+        cfg = write_config(toml.http_sink(remote.url))
         with relay_run(cfg, relay_env) as (proc, _):
             relay.push("hello", config_path=cfg)
             wait_until(lambda: len(remote.accepted()) == 1, 10, "the event delivered")
@@ -242,7 +242,7 @@ def test_a_port_in_use_stops_relay_with_one_line(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        cfg = write_config(f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+        cfg = write_config(toml.metrics(f"127.0.0.1:{port}"))
         done = subprocess.run(
             [*RELAY, "run", "--config", str(cfg)],
             capture_output=True,
@@ -279,7 +279,7 @@ def test_a_port_in_use_stops_relay_with_one_line(
 def test_a_bad_listen_is_one_line_naming_the_key(
     write_config: Callable[..., Path], listen: str
 ) -> None:
-    path = write_config(f'[metrics]\nlisten = "{listen}"\n')
+    path = write_config(toml.metrics(listen))
     with pytest.raises(ConfigError) as info:
         config.load(path)
     [line] = info.value.problems

@@ -24,6 +24,7 @@ from relay.config import MqttConfig, MqttSourceConfig
 from relay.mqtt.connection import MqttConnection
 from relay.sources.mqtt import MqttSource
 from relay.spool import INGEST_REJECTS, Spool
+from tests.helpers import toml
 from tests.helpers.agent import running_agent
 from tests.helpers.brokers import PrivateMosquitto
 from tests.helpers.common import RELAY, need_service
@@ -42,14 +43,6 @@ def broker() -> tuple[str, int]:
 def private_broker(tmp_path: Path) -> Iterator[PrivateMosquitto]:
     with PrivateMosquitto(tmp_path / "mosquitto", extra="max_queued_messages 100000\n") as b:
         yield b
-
-
-def mqtt_config(port: int, topic: str, client_id: str, extra: str = "", source: str = "") -> str:
-    return (
-        f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nclient_id = "{client_id}"\n'
-        f"keepalive_s = 10\n{extra}"
-        f'[[sources]]\ntype = "mqtt"\ntopics = ["{topic}/#"]\nqos = 1\n{source}'
-    )
 
 
 def subscribed(agent: Agent) -> None:
@@ -76,7 +69,7 @@ def test_2000_messages_all_spooled_once_in_order(
     broker: tuple[str, int], write_config: Callable[..., Path], state_dir: Path
 ) -> None:
     topic, cid = unique("relaytest/"), unique("relay-test-")
-    cfg = write_config(mqtt_config(broker[1], topic, cid))
+    cfg = write_config(toml.mqtt_in(broker[1], topic, client_id=cid))
     with running_agent(cfg) as agent, Publisher(*broker) as pub:
         subscribed(agent)
         # Paced: the shared Mosquitto keeps at most 1000 messages queued for a subscriber
@@ -101,7 +94,7 @@ def test_messages_sent_while_stopped_arrive_after_start(
     broker: tuple[str, int], write_config: Callable[..., Path], state_dir: Path
 ) -> None:
     topic, cid = unique("relaytest/"), unique("relay-test-")
-    cfg = write_config(mqtt_config(broker[1], topic, cid))
+    cfg = write_config(toml.mqtt_in(broker[1], topic, client_id=cid))
     with running_agent(cfg) as agent:
         subscribed(agent)
     with Publisher(*broker) as pub:
@@ -116,7 +109,7 @@ def test_mqtt5_session_keeps_messages_while_stopped(
 ) -> None:
     topic, cid = unique("relaytest/"), unique("relay-test-")
     cfg = write_config(
-        mqtt_config(broker[1], topic, cid, 'protocol = "5"\nsession_expiry = "1h"\n')
+        toml.mqtt_in(broker[1], topic, client_id=cid, protocol="5", session_expiry="1h")
     )
     with running_agent(cfg) as agent:
         subscribed(agent)
@@ -132,7 +125,7 @@ def test_availability_topic_online_then_offline(
 ) -> None:
     topic, cid = unique("relaytest/"), unique("relay-test-")
     status = f"relay/{unique('node-')}/status"
-    cfg = write_config(mqtt_config(broker[1], topic, cid, f'status_topic = "{status}"\n'))
+    cfg = write_config(toml.mqtt_in(broker[1], topic, client_id=cid, status_topic=status))
     seen: list[tuple[bytes, bool]] = []
     watcher = mqtt.Client(CallbackAPIVersion.VERSION2)
     watcher.on_message = lambda c, u, m: seen.append((m.payload, m.retain))
@@ -184,7 +177,7 @@ def test_kill_9_while_publishing_loses_nothing(
     relay_env: dict[str, str],
 ) -> None:
     topic, cid = unique("relaytest/"), unique("relay-test-")
-    cfg = write_config(mqtt_config(private_broker.port, topic, cid))
+    cfg = write_config(toml.mqtt_in(private_broker.port, topic, client_id=cid))
     total, rng = 5000, random.Random()
     proc = _agent_proc(cfg, relay_env, until="mqtt: subscribed")
     with Publisher(private_broker.host, private_broker.port) as pub:
@@ -223,7 +216,7 @@ def test_broker_restart_mid_stream(
     private_broker: PrivateMosquitto, write_config: Callable[..., Path], state_dir: Path
 ) -> None:
     topic, cid = unique("relaytest/"), unique("relay-test-")
-    cfg = write_config(mqtt_config(private_broker.port, topic, cid))
+    cfg = write_config(toml.mqtt_in(private_broker.port, topic, client_id=cid))
     with running_agent(cfg) as agent:
         source = agent.components[-1]
         subscribed(agent)
@@ -250,7 +243,7 @@ def test_bad_payloads_do_not_hurt(
     relay_env: dict[str, str],
 ) -> None:
     topic, cid = unique("relaytest/"), unique("relay-test-")
-    cfg = write_config(mqtt_config(broker[1], topic, cid))
+    cfg = write_config(toml.mqtt_in(broker[1], topic, client_id=cid))
     proc = _agent_proc(cfg, relay_env, until="mqtt: subscribed")
     try:
         with Publisher(*broker) as pub:
@@ -322,10 +315,9 @@ def test_spool_full_holds_messages_at_the_broker(
     down = {"on": True}
     with RemoteServer(lambda r, n: Reply(503 if down["on"] else 200)) as remote:
         cfg = write_config(
-            '[spool]\nmax_size = "12KB"\n'
-            f'[[sinks]]\nname = "cloud"\ntype = "http"\nurl = "{remote.url}"\n'
-            'retry_initial = "100ms"\nretry_max = "300ms"\n'
-            + mqtt_config(private_broker.port, topic, cid)
+            toml.spool(max_size="12KB"),
+            toml.http_sink(remote.url, retry_initial="100ms", retry_max="300ms"),
+            toml.mqtt_in(private_broker.port, topic, client_id=cid),
         )
         with (
             running_agent(cfg) as agent,
@@ -360,8 +352,8 @@ def test_a_restart_does_not_ingest_retained_messages_again(
     with other filters it does, and gets the retained messages of the new filter (and, in
     MQTT 3.1.1, those of the old ones again: a changed config may repeat them once)."""
     topic, cid = unique("relaytest/"), unique("relay-test-")
-    extra = f'protocol = "{protocol}"\nsession_expiry = "1h"\n'
-    cfg = write_config(mqtt_config(broker[1], topic, cid, extra))
+    session = {"protocol": protocol, "session_expiry": "1h"}
+    cfg = write_config(toml.mqtt_in(broker[1], topic, client_id=cid, **session))
     with Publisher(*broker) as pub:
         pub.wait([pub.publish(f"{topic}/door", "open", retain=True)])
         pub.wait([pub.publish(f"{topic}-other/lamp", "on", retain=True)])
@@ -376,9 +368,9 @@ def test_a_restart_does_not_ingest_retained_messages_again(
         assert [e["name"] for e in spooled(state_dir)] == [f"{topic}/door"]
         # Another filter: subscribed again, and its retained message arrives.
         cfg = write_config(
-            mqtt_config(broker[1], topic, cid, extra, f'[[sources]]\ntype = "mqtt"\n'
-                        f'topics = ["{topic}-other/#"]\nqos = 1\n')
-        )  # fmt: skip
+            toml.mqtt_in(broker[1], topic, client_id=cid, **session),
+            toml.mqtt_source(f"{topic}-other/#", qos=1),
+        )
         with running_agent(cfg) as agent:
             subscribed(agent)
             wait_until(lambda: len(spooled(state_dir)) >= 2, 10, "the new filter's retained")

@@ -28,20 +28,19 @@ from relay.event import Event
 from relay.metrics.prometheus import PrometheusMetrics
 from relay.sinks.redis import RedisSink
 from relay.spool import Spool
+from tests.helpers import toml
 from tests.helpers.agent import running_agent, spool_of
 from tests.helpers.brokers import REDIS_SERVER, PrivateRedis, binary_missing, free_port
 from tests.helpers.common import RELAY, REQUIRE_BROKERS, need_service, read_until, sink_status
 from tests.helpers.wait import wait_until
 
 REDIS = "redis://127.0.0.1:6379/0"
-FAST_RETRY = 'retry_initial = "50ms"\nretry_max = "500ms"\n'
+FAST_RETRY = {"retry_initial": "50ms", "retry_max": "500ms"}
 
 
-def sink_config(url: str, stream: str, extra: str = "") -> str:
-    return (
-        f'[[sinks]]\nname = "work"\ntype = "redis"\nurl = "{url}"\nstream = "{stream}"\n'
-        f"{FAST_RETRY}{extra}"
-    )
+def sink_config(url: str, stream: str, **keys: object) -> str:
+    """The "work" sink to ``stream`` at ``url``, retrying fast unless ``keys`` say otherwise."""
+    return toml.redis_sink(url, stream, **{**FAST_RETRY, **keys})
 
 
 def put(spool: Spool, n: int, start: int = 0) -> list[str]:
@@ -180,7 +179,7 @@ def test_the_event_field_is_the_http_body(shared: redis.Redis, stream: str) -> N
 
 @pytest.mark.broker
 def test_window_of_one(shared: redis.Redis, stream: str, write_config: Callable[..., Path]) -> None:
-    cfg = write_config(sink_config(REDIS, stream, "window = 1\n"))
+    cfg = write_config(sink_config(REDIS, stream, window=1))
     with running_agent(cfg) as agent:
         ids = put(spool_of(agent), 200)
         wait_until(lambda: depth(agent) == 0, 20, "the spool to drain")
@@ -209,7 +208,7 @@ def test_wrongtype_is_dead_lettered_with_the_reason_and_the_next_events_flow(
     shared: redis.Redis, stream: str, write_config: Callable[..., Path]
 ) -> None:
     shared.set(stream, "not a stream")  # someone else's key, of another type
-    cfg = write_config(sink_config(REDIS, stream, "max_retries = 0\n"))
+    cfg = write_config(sink_config(REDIS, stream, max_retries=0))
     with running_agent(cfg) as agent:
         spool = spool_of(agent)
         refused = put(spool, 3)
@@ -354,7 +353,7 @@ def test_redis_restart_mid_stream_loses_nothing(
     private: PrivateRedis, write_config: Callable[..., Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="relay")
-    cfg = write_config(sink_config(private.url, "events", "timeout_s = 2\n"))
+    cfg = write_config(sink_config(private.url, "events", timeout_s=2))
     ids: list[str] = []
     stop = threading.Event()
     with running_agent(cfg) as agent:

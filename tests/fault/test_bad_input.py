@@ -29,11 +29,10 @@ import pytest
 from relay.event import MAX_DEPTH
 from tests.fault.harness import (
     AgentProcess,
-    array_table,
     http_sink_part,
     mqtt_part,
-    table,
 )
+from tests.helpers import toml
 from tests.helpers.brokers import PrivateMosquitto
 from tests.helpers.http_server import RemoteServer
 from tests.helpers.mqtt import Publisher, unique
@@ -120,8 +119,8 @@ def rig(tmp_path: Path, broker: PrivateMosquitto) -> Iterator[Rig]:
             tmp_path / "agent",
             mqtt_part(broker.port, topic),
             http_sink_part(sink.url),
-            table("commands", mqtt_topic=f"{cmd}/+", ttl_s=30),
-            array_table("devices", name="lamp", type="http", url=device.url),
+            toml.commands(mqtt_topic=f"{cmd}/+", ttl_s=30),
+            toml.http_device(device.url, name="lamp"),
         )
         with agent, Publisher(broker.host, broker.port) as pub:
             agent.start(ready="mqtt: subscribed")
