@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,6 +57,15 @@ def parts(agent: Any) -> tuple[MqttConnection, CommandExecutor]:
     executor = next(c for c in agent.components if isinstance(c, CommandExecutor))
     wait_until(mqtt_source.subscribed.is_set, 10, "the command subscription")
     return mqtt_source, executor
+
+
+def marker_done(pub: Publisher, topic: str, state_dir: Path) -> None:
+    """Send a command for no device after the others, over MQTT (which keeps their order),
+    and wait for its outcome: the executor runs commands one at a time in the order they came,
+    so once it has failed the marker, every command before it has had its outcome and
+    nothing more of them will reach a device."""
+    pub.wait([pub.publish(f"{topic}/marker", json.dumps({"id": "marker", "action": "on"}))])
+    wait_until(lambda: "marker" in outcomes(state_dir), 20, "the marker's outcome")
 
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -111,7 +119,7 @@ def test_one_at_a_time_across_inputs(write_config: Callable[..., Path], state_di
                 got = executed(device)
                 missing = sorted(set(mqtt_ids + amqp_ids + cli_ids) - set(got))
                 raise AssertionError(f"{len(got)} ran; missing {missing}") from None
-            time.sleep(0.2)
+            marker_done(pub, topic, state_dir)
         delete_queue(queue)
     runs = sorted(device.received, key=lambda r: r.at)
     overlaps = [(a, b) for a, b in itertools.pairwise(runs) if b.at < a.done_at]
@@ -170,7 +178,7 @@ def test_same_id_runs_once(write_config: Callable[..., Path], state_dir: Path) -
                 )
             again = cli(cfg, "heater", "on", "--id", "once")
             wait_until(lambda: "once" in outcomes(state_dir), 10)
-            time.sleep(0.5)
+            marker_done(pub, topic, state_dir)
         assert executed(device) == ["once"]
     assert again.returncode == 1 and "seen before" in again.stderr
 

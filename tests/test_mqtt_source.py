@@ -53,7 +53,29 @@ def subscribed(agent: Agent) -> None:
 
 
 def numbers(state_dir: Path, topic: str) -> list[int]:
-    return [e["payload"]["n"] for e in spooled(state_dir) if e["name"].startswith(topic)]
+    """The numbers spooled from under ``topic``, in spool order (markers left out)."""
+    return [
+        e["payload"]["n"]
+        for e in spooled(state_dir)
+        if e["name"].startswith(topic) and e["name"] != marker_of(topic)
+    ]
+
+
+def marker_of(topic: str) -> str:
+    return f"{topic}/marker"
+
+
+def markers(state_dir: Path, topic: str) -> int:
+    return sum(e["name"] == marker_of(topic) for e in spooled(state_dir))
+
+
+def marker_spooled(pub: Publisher, topic: str, state_dir: Path) -> None:
+    """Publish a marker after everything else and wait until it is spooled: MQTT keeps the
+    order of one session's messages, so whatever the broker had for relay before it (say, a
+    message sent again) is spooled by then too. Instead of waiting a while for nothing."""
+    before = markers(state_dir, topic)
+    pub.wait([pub.publish(marker_of(topic), b"marker")])
+    wait_until(lambda: markers(state_dir, topic) > before, 10, "the marker")
 
 
 def publish_numbered(pub: Publisher, topic: str, ns: range, pause: float = 0.0) -> list[int]:
@@ -85,9 +107,10 @@ def test_2000_messages_all_spooled_once_in_order(
     event = spooled(state_dir)[0]
     assert (event["source"], event["name"], event["node"]) == ("mqtt", f"{topic}/seq", "test-node")
     # Every message was acknowledged: a restart with the same session receives nothing again.
-    with running_agent(cfg):
-        time.sleep(1.0)
+    with running_agent(cfg), Publisher(*broker) as pub:
+        marker_spooled(pub, topic, state_dir)
     assert numbers(state_dir, topic) == list(range(2000))
+    assert [e["name"] for e in spooled(state_dir)][2000:] == [marker_of(topic)]
 
 
 def test_messages_sent_while_stopped_arrive_after_start(
@@ -359,22 +382,27 @@ def test_a_restart_does_not_ingest_retained_messages_again(
         pub.wait([pub.publish(f"{topic}-other/lamp", "on", retain=True)])
     try:
         for _ in range(3):
-            with running_agent(cfg) as agent:
+            with running_agent(cfg) as agent, Publisher(*broker) as pub:
                 subscribed(agent)
                 wait_until(
                     lambda: any(e["name"] == f"{topic}/door" for e in spooled(state_dir)), 10
                 )
-                time.sleep(0.3)  # a resent retained message would arrive by now
-        assert [e["name"] for e in spooled(state_dir)] == [f"{topic}/door"]
+                marker_spooled(pub, topic, state_dir)  # a resent retained one came before
+        # The door once, and nothing between the markers of the three runs.
+        assert [e["name"] for e in spooled(state_dir)] == [f"{topic}/door"] + [marker_of(topic)] * 3
         # Another filter: subscribed again, and its retained message arrives.
         cfg = write_config(
             toml.mqtt_in(broker[1], topic, client_id=cid, **session),
             toml.mqtt_source(f"{topic}-other/#", qos=1),
         )
-        with running_agent(cfg) as agent:
+        with running_agent(cfg) as agent, Publisher(*broker) as pub:
             subscribed(agent)
-            wait_until(lambda: len(spooled(state_dir)) >= 2, 10, "the new filter's retained")
-            time.sleep(0.3)
+            wait_until(
+                lambda: any(e["name"] == f"{topic}-other/lamp" for e in spooled(state_dir)),
+                10,
+                "the new filter's retained",
+            )
+            marker_spooled(pub, topic, state_dir)
         names = [e["name"] for e in spooled(state_dir)]
         assert names[0] == f"{topic}/door" and names.count(f"{topic}-other/lamp") == 1
     finally:
