@@ -31,6 +31,8 @@ What is here, each usable alone:
   :class:`AmqpQueue` (drains a real RabbitMQ queue with pika);
 - :func:`integrity_check`: ``PRAGMA integrity_check`` on the spool file.
 
+Waiting, as everywhere in the tests, is :func:`tests.helpers.wait.wait_until`.
+
 Every event this harness produces carries ``{"n": <number>}`` as its payload; readers keep
 only events with an integer ``n`` under the given name prefix.
 """
