@@ -9,8 +9,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from gpiozero.pins.mock import MockFactory
 from hypothesis import settings
 
+from tests.helpers import toml
 from tests.helpers.brokers import PrivateRabbit, rabbit_unusable
 from tests.helpers.common import REQUIRE_BROKERS
 
@@ -28,18 +30,13 @@ def state_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def write_config(tmp_path: Path, state_dir: Path) -> Callable[..., Path]:
-    """Write a relay.toml whose state_dir is this test's; returns its path.
+    """``write_config(*parts, name="relay.toml")``: a relay.toml of the parts (built with
+    tests.helpers.toml, or TOML text) whose node is "test-node" and whose state_dir is this
+    test's; its path. Mode 0640, as installed (tests.helpers.toml.write)."""
 
-    Mode 0640, as the installer writes /etc/relay.toml: ``relay run`` refuses a file every
-    user may read while it holds a secret inline (relay.config.permission_problems).
-    """
-
-    def write(body: str = "", *, name: str = "relay.toml") -> Path:
-        path = tmp_path / name
-        head = f'node = "test-node"\nstate_dir = "{state_dir}"\n'
-        path.write_text(head + textwrap.dedent(body))
-        path.chmod(0o640)
-        return path
+    def write(*parts: str, name: str = "relay.toml") -> Path:
+        body = textwrap.dedent("".join(parts))
+        return toml.write(tmp_path / name, body, node="test-node", state_dir=state_dir)
 
     return write
 
@@ -65,3 +62,15 @@ def rabbit() -> Iterator[PrivateRabbit]:
         pytest.skip(reason)
     with PrivateRabbit() as node:
         yield node
+
+
+@pytest.fixture
+def mock_factory() -> Iterator[MockFactory]:
+    """gpiozero's own twin of the pins (``pin(17).drive_low()``), reset before and after the
+    test. gpiozero 1.x kept the pins and their reservations on the class, shared by every
+    factory of the process, so a pin a test left behind showed up in the next; gpiozero 2
+    keeps them per factory, and the resets keep that true whichever version is installed."""
+    factory = MockFactory()
+    factory.reset()
+    yield factory
+    factory.reset()

@@ -15,13 +15,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay.sources.amqp import AmqpCommandSource
-from tests.helpers.agent import running_agent, wait_for
+from tests.helpers import toml
+from tests.helpers.agent import running_agent
 from tests.helpers.brokers import free_port
 from tests.helpers.commands import executed, outcomes
 from tests.helpers.common import RELAY, need_service
 from tests.helpers.faultproxy import FaultProxy
 from tests.helpers.http_server import RemoteServer, Reply
 from tests.helpers.mqtt import unique
+from tests.helpers.wait import wait_until
 
 URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
@@ -69,11 +71,11 @@ def counts(queue: str) -> tuple[int, int]:
     raise AssertionError(f"no queue {queue}")
 
 
-def config(device_url: str, queue: str) -> str:
-    return (
-        f'[commands]\namqp_queue = "{queue}"\namqp_url = "{URL}"\nttl_s = 60\n'
-        f'[[devices]]\nname = "heater"\ntype = "http"\nurl = "{device_url}"\n'
-    )
+def config(device_url: str, queue: str, **commands: object) -> str:
+    """Commands from ``queue``, run by the "heater" at ``device_url``; ``commands`` adds to
+    (or replaces) the keys of ``[commands]``."""
+    keys = {"amqp_queue": queue, "amqp_url": URL, "ttl_s": 60, **commands}
+    return toml.commands(**keys) + toml.http_device(device_url, name="heater")
 
 
 def test_acked_only_after_the_outcome(
@@ -87,10 +89,10 @@ def test_acked_only_after_the_outcome(
                 {"device": "heater", "action": "on", "id": "a1"},
                 {"device": "heater", "action": "off", "id": "a2"},
             )
-            wait_for(lambda: len(device.received) == 1, 15, "the device to take a1")
+            wait_until(lambda: len(device.received) == 1, 15, "the device to take a1")
             assert counts(queue) == (1, 1)  # a1 in hand and unacked, a2 not yet delivered
-            wait_for(lambda: len(outcomes(state_dir)) == 2, 20, "both outcomes")
-            wait_for(lambda: counts(queue) == (0, 0), 10, "both acked")
+            wait_until(lambda: len(outcomes(state_dir)) == 2, 20, "both outcomes")
+            wait_until(lambda: counts(queue) == (0, 0), 10, "both acked")
     assert executed(device) == ["a1", "a2"]
     assert {o["source"] for o in outcomes(state_dir).values()} == {"amqp"}
 
@@ -106,8 +108,8 @@ def test_bad_messages_are_dead_lettered_and_acked(
                 {"device": "heater", "action": "on; reboot"},
                 {"device": "toaster", "action": "on", "id": "t"},
             )
-            wait_for(lambda: "t" in outcomes(state_dir), 10)
-            wait_for(lambda: counts(queue) == (0, 0), 10, "both acked")
+            wait_until(lambda: "t" in outcomes(state_dir), 10)
+            wait_until(lambda: counts(queue) == (0, 0), 10, "both acked")
     assert outcomes(state_dir)["t"]["status"] == "failed"
     listed = subprocess.run(
         [*RELAY, "dlq", "list", "--sink", "@commands", "--config", str(cfg)],
@@ -133,12 +135,12 @@ def test_killed_mid_command_is_redelivered_and_skipped(
                 if "consuming commands" in line:
                     break
             publish(queue, {"device": "heater", "action": "on", "id": "k1"})
-            wait_for(lambda: len(device.received) == 1, 15, "the device to take k1")
+            wait_until(lambda: len(device.received) == 1, 15, "the device to take k1")
             agent.send_signal(signal.SIGKILL)
             agent.wait()
         with running_agent(cfg):
-            wait_for(lambda: "k1" in outcomes(state_dir), 15, "k1's outcome")
-            wait_for(lambda: counts(queue) == (0, 0), 15, "the redelivery to be acked")
+            wait_until(lambda: "k1" in outcomes(state_dir), 15, "k1's outcome")
+            wait_until(lambda: counts(queue) == (0, 0), 15, "the redelivery to be acked")
     assert executed(device) == ["k1"]  # never twice
     assert outcomes(state_dir)["k1"]["status"] == "interrupted"
 
@@ -158,14 +160,16 @@ def test_amqp_password_file_supplies_the_password(
     secret.write_text("guest\n")
     with RemoteServer() as device:
         cfg = write_config(
-            config(device.url, queue).replace(
-                f'amqp_url = "{URL}"',
-                f'amqp_url = "amqp://guest@127.0.0.1:5672/%2F"\namqp_password_file = "{secret}"',
+            config(
+                device.url,
+                queue,
+                amqp_url="amqp://guest@127.0.0.1:5672/%2F",
+                amqp_password_file=secret,
             )
         )
         with running_agent(cfg):
             publish(queue, {"device": "heater", "action": "on", "id": "pw1"})
-            wait_for(lambda: len(outcomes(state_dir)) == 1, 20, "the outcome")
+            wait_until(lambda: len(outcomes(state_dir)) == 1, 20, "the outcome")
         shown = check_config(cfg)
     assert executed(device) == ["pw1"]
     assert shown.returncode == 0, shown.stderr
@@ -175,15 +179,16 @@ def test_amqp_password_file_supplies_the_password(
 @pytest.mark.parametrize(
     ("url", "error"),
     [
-        ('amqp_url = "amqp://127.0.0.1/"\n', "needs a user name in amqp_url"),
-        ("", "amqp_password_file needs amqp_url"),
+        ({"amqp_url": "amqp://127.0.0.1/"}, "needs a user name in amqp_url"),
+        ({}, "amqp_password_file needs amqp_url"),
     ],
+    ids=["a url without a user", "no url"],
 )
 def test_amqp_password_file_needs_a_url_with_a_user(
-    url: str, error: str, write_config: Callable[..., Path], tmp_path: Path
+    url: dict[str, str], error: str, write_config: Callable[..., Path], tmp_path: Path
 ) -> None:
     (tmp_path / "pw").write_text("do-not-print")
-    cfg = write_config(f'[commands]\n{url}amqp_password_file = "{tmp_path / "pw"}"\n')
+    cfg = write_config(toml.commands(**url, amqp_password_file=tmp_path / "pw"))
     done = check_config(cfg)
     assert done.returncode == 78
     [line] = done.stderr.strip().splitlines()
@@ -211,17 +216,16 @@ def test_a_reconnect_of_the_command_queue_is_counted_in_the_metrics(
     with RemoteServer() as device, FaultProxy("127.0.0.1", 5672) as proxy:
         proxied = URL.replace(":5672", f":{proxy.port}")
         cfg = write_config(
-            config(device.url, queue).replace(URL, proxied)
-            + f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
+            config(device.url, queue, amqp_url=proxied), toml.metrics(f"127.0.0.1:{port}")
         )
         with running_agent(cfg) as agent:
             source = next(c for c in agent.components if isinstance(c, AmqpCommandSource))
-            wait_for(source.connected.is_set, 15, "the command queue")
+            wait_until(source.connected.is_set, 15, "the command queue")
             assert reconnects() == 0
             source.connected.clear()
             proxy.reset_all()
-            wait_for(source.connected.is_set, 30, "consuming again")
+            wait_until(source.connected.is_set, 30, "consuming again")
             assert reconnects() == 1
             publish(queue, {"device": "heater", "action": "on", "id": "r1"})
-            wait_for(lambda: len(outcomes(state_dir)) == 1, 20, "the outcome")
+            wait_until(lambda: len(outcomes(state_dir)) == 1, 20, "the outcome")
     assert executed(device) == ["r1"]

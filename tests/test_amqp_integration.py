@@ -25,19 +25,22 @@ from relay.event import Event
 from relay.sinks import amqp
 from relay.sinks.amqp import AmqpSink
 from relay.spool import Spool
-from tests.helpers.agent import running_agent, spool_of, wait_for
+from tests.helpers import toml
+from tests.helpers.agent import running_agent, spool_of
 from tests.helpers.brokers import PrivateRabbit
-from tests.helpers.common import RELAY, need_service
+from tests.helpers.common import RELAY, need_service, read_until, sink_status
 from tests.helpers.faultproxy import FaultProxy
+from tests.helpers.wait import wait_until
 
 RABBIT = "amqp://guest:guest@127.0.0.1:5672/%2F"
-FAST_RETRY = 'retry_initial = "50ms"\nretry_max = "500ms"\n'
+FAST_RETRY = {"retry_initial": "50ms", "retry_max": "500ms"}
 
 pytestmark = pytest.mark.broker
 
 
-def sink_config(url: str, extra: str = "") -> str:
-    return f'[[sinks]]\nname = "bus"\ntype = "amqp"\nurl = "{url}"\n{FAST_RETRY}{extra}'
+def sink_config(url: str, **keys: object) -> str:
+    """The "bus" sink at ``url``, retrying fast unless ``keys`` say otherwise."""
+    return toml.amqp_sink(url, **{**FAST_RETRY, **keys})
 
 
 @dataclass(frozen=True)
@@ -147,12 +150,12 @@ def test_2000_events_arrive_once_each_in_order(
     broker: Broker, write_config: Callable[..., Path]
 ) -> None:
     queue = broker.name()  # the sink declares it
-    cfg = write_config(sink_config(RABBIT, f'queue = "{queue}"\n'))
+    cfg = write_config(sink_config(RABBIT, queue=queue))
     with running_agent(cfg) as agent:
         ids = []
         for i in range(0, 2000, 100):  # a stream, while the forwarder drains
             ids += put(spool_of(agent), 100, start=i)
-        wait_for(lambda: depth(agent) == 0, 20, "the spool to drain")
+        wait_until(lambda: depth(agent) == 0, 20, "the spool to drain")
     messages = broker.drain(queue)
     assert len(messages) == 2000 and check_delivery(messages, ids) == 0
     m = messages[0]
@@ -166,20 +169,20 @@ def test_2000_events_arrive_once_each_in_order(
 
 def test_window_of_one(broker: Broker, write_config: Callable[..., Path]) -> None:
     queue = broker.name()
-    cfg = write_config(sink_config(RABBIT, f'queue = "{queue}"\nwindow = 1\n'))
+    cfg = write_config(sink_config(RABBIT, queue=queue, window=1))
     with running_agent(cfg) as agent:
         ids = put(spool_of(agent), 300)
-        wait_for(lambda: depth(agent) == 0, 20, "the spool to drain")
+        wait_until(lambda: depth(agent) == 0, 20, "the spool to drain")
     assert check_delivery(broker.drain(queue), ids) == 0
 
 
 def test_exchange_and_routing_key(broker: Broker, write_config: Callable[..., Path]) -> None:
     exchange = broker.exchange()
     queue = broker.queue(bind=(exchange, "home.door"))
-    cfg = write_config(sink_config(RABBIT, f'exchange = "{exchange}"\nrouting_key = "home.door"\n'))
+    cfg = write_config(sink_config(RABBIT, exchange=exchange, routing_key="home.door"))
     with running_agent(cfg) as agent:
         ids = put(spool_of(agent), 10)
-        wait_for(lambda: depth(agent) == 0, 10)
+        wait_until(lambda: depth(agent) == 0, 10)
     assert check_delivery(broker.drain(queue), ids) == 0
 
 
@@ -188,10 +191,10 @@ def test_an_existing_quorum_queue_is_used_as_it_is(
 ) -> None:
     caplog.set_level(logging.INFO, logger="relay")
     queue = broker.queue(**{"x-queue-type": "quorum"})  # made by the operator
-    cfg = write_config(sink_config(RABBIT, f'queue = "{queue}"\n'))
+    cfg = write_config(sink_config(RABBIT, queue=queue))
     with running_agent(cfg) as agent:
         ids = put(spool_of(agent), 50)
-        wait_for(lambda: depth(agent) == 0, 10)
+        wait_until(lambda: depth(agent) == 0, 10)
     assert check_delivery(broker.drain(queue), ids) == 0
     [warning] = [r.getMessage() for r in caplog.records if "exists with other" in r.getMessage()]
     assert "x-queue-type" in warning
@@ -206,8 +209,9 @@ def test_queue_deleted_mid_stream_nothing_is_lost(
     exchange = broker.exchange()
     queue = broker.queue(bind=(exchange, "door"))
     retries = 0 if policy == "dead-letter" else 10_000
-    extra = f'exchange = "{exchange}"\nrouting_key = "door"\nwindow = 20\nmax_retries = {retries}\n'
-    cfg = write_config(sink_config(RABBIT, extra))
+    cfg = write_config(
+        sink_config(RABBIT, exchange=exchange, routing_key="door", window=20, max_retries=retries)
+    )
     with running_agent(cfg) as agent:
         spool = spool_of(agent)
         ids: list[str] = []
@@ -219,29 +223,29 @@ def test_queue_deleted_mid_stream_nothing_is_lost(
 
         pusher = threading.Thread(target=stream)
         pusher.start()
-        wait_for(lambda: spool.stats().sinks[0].delivered >= 100, 10, "a first delivery")
+        wait_until(lambda: spool.stats().sinks[0].delivered >= 100, 10, "a first delivery")
         # Mid-stream, the exchange stops routing, then the queue goes. In that order so that
         # the test can count: a message routed just before a queue_delete would be confirmed
         # and destroyed with the queue (the operator's loss, not relay's).
         broker.ch.queue_unbind(queue, exchange, "door")
-        wait_for(lambda: "unroutable" in (spool.stats().sinks[0].last_error or ""), 10)
+        wait_until(lambda: "unroutable" in (spool.stats().sinks[0].last_error or ""), 10)
         consumed = broker.drain(queue)  # every routed event was confirmed before the return
         broker.ch.queue_delete(queue, if_empty=True)
         pusher.join()
         if policy == "dead-letter":
-            wait_for(lambda: depth(agent) == 0, 30, "every event dead-lettered")
+            wait_until(lambda: depth(agent) == 0, 30, "every event dead-lettered")
             dead = [d.event_id for d in spool.dead_letters()]
             assert dead == ids[len(consumed) :]
             assert spool.dead_letters()[0].reason.startswith(
                 f"unroutable: exchange '{exchange}' routing key 'door' (312 NO_ROUTE)"
             )
         else:
-            wait_for(lambda: "unroutable" in (spool.stats().sinks[0].last_error or ""), 10)
+            wait_until(lambda: "unroutable" in (spool.stats().sinks[0].last_error or ""), 10)
             assert depth(agent) == len(ids) - len(consumed) and not spool.dead_letters()
         broker.ch.queue_declare(queue, durable=True)  # the operator puts it back
         broker.ch.queue_bind(queue, exchange, "door")
         spool.redeliver()
-        wait_for(lambda: depth(agent) == 0 and not spool.dead_letters(), 30, "the rest")
+        wait_until(lambda: depth(agent) == 0 and not spool.dead_letters(), 30, "the rest")
     assert check_delivery(consumed + broker.drain(queue), ids) == 0
 
 
@@ -254,43 +258,25 @@ def _start_agent(cfg: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     )
 
 
-def _wait_for_line(proc: subprocess.Popen[str], text: str) -> list[str]:
-    assert proc.stderr is not None
-    lines = []
-    for line in proc.stderr:
-        lines.append(line)
-        if text in line:
-            return lines
-    raise AssertionError(f"the agent exited before {text!r}:\n" + "".join(lines))
-
-
-def _status(env: dict[str, str], cfg: Path) -> dict[str, Any]:
-    out = subprocess.run(
-        [*RELAY, "status", "--json", "--config", str(cfg)],
-        capture_output=True, text=True, env=env, check=True,
-    ).stdout  # fmt: skip
-    return dict(json.loads(out)["sinks"][0])
-
-
 def test_kill_9_between_publish_and_confirm_loses_nothing(
     broker: Broker, write_config: Callable[..., Path], state_dir: Path, relay_env: dict[str, str]
 ) -> None:
     queue = broker.name()
-    cfg = write_config(sink_config(RABBIT, f'queue = "{queue}"\n'))
+    cfg = write_config(sink_config(RABBIT, queue=queue))
     with Spool.open(state_dir) as spool:
         spool.register_sinks(["bus"])
         ids = [i for start in range(0, 5000, 1000) for i in put(spool, 1000, start)]
     rng = random.Random()
     for _ in range(5):  # kill -9 at a random moment of the drain, five times
         with _start_agent(cfg, relay_env) as proc:
-            _wait_for_line(proc, "connected to")
+            read_until(proc, "connected to")
             time.sleep(rng.uniform(0.01, 0.12))
             proc.kill()
             proc.wait()
-    assert _status(relay_env, cfg)["depth"] > 0  # the kills came mid-drain
+    assert sink_status(relay_env, cfg)["depth"] > 0  # the kills came mid-drain
     with _start_agent(cfg, relay_env) as proc:
-        _wait_for_line(proc, "relay started")
-        wait_for(lambda: _status(relay_env, cfg)["depth"] == 0, 30, "the final drain")
+        read_until(proc, "relay started")
+        wait_until(lambda: sink_status(relay_env, cfg)["depth"] == 0, 30, "the final drain")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     duplicates = check_delivery(broker.drain(queue), ids)
@@ -308,13 +294,13 @@ def test_heartbeats_flow_while_idle(
     4 s keeps its connection only if its forwarder services pika while it waits."""
     caplog.set_level(logging.INFO, logger="relay")
     queue = broker.name()
-    cfg = write_config(sink_config(RABBIT, f'queue = "{queue}"\nheartbeat_s = 1\n'))
+    cfg = write_config(sink_config(RABBIT, queue=queue, heartbeat_s=1))
     with running_agent(cfg) as agent:
         ids = put(spool_of(agent), 1)
-        wait_for(lambda: depth(agent) == 0, 10)
+        wait_until(lambda: depth(agent) == 0, 10)
         time.sleep(4)
         ids += put(spool_of(agent), 1)
-        wait_for(lambda: depth(agent) == 0, 10)
+        wait_until(lambda: depth(agent) == 0, 10)
     logs = [r.getMessage() for r in caplog.records if r.name == "relay.sinks.amqp"]
     assert len([m for m in logs if "connected to" in m]) == 1, logs
     assert not [m for m in logs if "lost" in m], logs
@@ -329,18 +315,18 @@ def test_dead_link_is_noticed_and_reconnected(
     queue = broker.name()
     with FaultProxy("127.0.0.1", 5672) as proxy:
         url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F"
-        cfg = write_config(sink_config(url, f'queue = "{queue}"\nheartbeat_s = 1\n'))
+        cfg = write_config(sink_config(url, queue=queue, heartbeat_s=1))
         with running_agent(cfg) as agent:
             ids = put(spool_of(agent), 1)
-            wait_for(lambda: depth(agent) == 0, 10)
+            wait_until(lambda: depth(agent) == 0, 10)
             proxy.set_mode("blackhole")  # the cable is pulled while the agent idles
             cut = time.monotonic()
             lost = lambda: any("lost" in r.getMessage() for r in caplog.records)  # noqa: E731
-            wait_for(lost, 20, "the dead link to be noticed")
+            wait_until(lost, 20, "the dead link to be noticed")
             noticed = time.monotonic() - cut
             proxy.set_mode("pass")
             ids += put(spool_of(agent), 5)
-            wait_for(lambda: depth(agent) == 0, 20, "delivery after reconnecting")
+            wait_until(lambda: depth(agent) == 0, 20, "delivery after reconnecting")
     print(f"dead link noticed after {noticed:.1f}s with heartbeat_s = 1")
     # The sink's heartbeat watch cuts a link silent for a whole heartbeat, checked every
     # third of one: 1 to 1.33 heartbeats (pika's own check alone took 6 to 12 s here).
@@ -384,7 +370,7 @@ def test_an_idle_connected_sink_does_not_wake_up(broker: Broker) -> None:
         sink.send([Event.new(node="n", source="test", name="x")])  # connect
         thread = threading.Thread(target=idle)
         thread.start()  # the sink is used by one thread at a time: this one, now
-        wait_for(lambda: bool(tids), 5)
+        wait_until(lambda: bool(tids), 5)
         time.sleep(0.5)
         before = _switches(tids[0])
         time.sleep(6)
@@ -405,7 +391,7 @@ def test_broker_restart_mid_stream(
 ) -> None:
     caplog.set_level(logging.INFO, logger="relay")
     queue = f"relay-test-{uuid.uuid4().hex[:10]}"
-    cfg = write_config(sink_config(rabbit.url, f'queue = "{queue}"\ntimeout_s = 5\n'))
+    cfg = write_config(sink_config(rabbit.url, queue=queue, timeout_s=5))
     ids: list[str] = []
     stop = threading.Event()
     with running_agent(cfg) as agent:
@@ -419,13 +405,13 @@ def test_broker_restart_mid_stream(
         pusher = threading.Thread(target=stream)
         pusher.start()
         try:
-            wait_for(lambda: spool.stats().sinks[0].delivered >= 500, 20, "a first delivery")
+            wait_until(lambda: spool.stats().sinks[0].delivered >= 500, 20, "a first delivery")
             rabbit.restart()  # stops gracefully (durable queue, persistent messages kept)
             time.sleep(0.5)  # the stream goes on a little after the broker is back
         finally:
             stop.set()
             pusher.join()
-        wait_for(lambda: depth(agent) == 0, 30, "the drain after the restart")
+        wait_until(lambda: depth(agent) == 0, 30, "the drain after the restart")
     broker = Broker(rabbit.url)
     broker.names.append(("queue", queue))
     try:
@@ -448,22 +434,22 @@ def test_blocked_broker_is_a_transient_state_in_status(
     caplog.set_level(logging.INFO, logger="relay")
     broker = Broker(rabbit.url)
     queue = broker.name()
-    cfg = write_config(sink_config(rabbit.url, f'queue = "{queue}"\n'))
+    cfg = write_config(sink_config(rabbit.url, queue=queue))
     try:
         with running_agent(cfg) as agent:
             spool = spool_of(agent)
             ids = put(spool, 10)
-            wait_for(lambda: depth(agent) == 0, 10)
+            wait_until(lambda: depth(agent) == 0, 10)
             rabbit.ctl("set_vm_memory_high_watermark", "0")  # a memory alarm, at once
             ids += put(spool, 10, 10)
-            wait_for(lambda: "blocked" in (spool.stats().sinks[0].last_error or ""), 10)
+            wait_until(lambda: "blocked" in (spool.stats().sinks[0].last_error or ""), 10)
             time.sleep(2)
             [sink] = spool.stats().sinks
             assert sink.last_error == "broker blocked publishing: low on memory"
-            assert _status(relay_env, cfg)["last_error"] == sink.last_error  # relay status
+            assert sink_status(relay_env, cfg)["last_error"] == sink.last_error  # relay status
             attempts = sink.attempts
             rabbit.ctl("set_vm_memory_high_watermark", "0.4")
-            wait_for(lambda: depth(agent) == 0, 20, "delivery once unblocked")
+            wait_until(lambda: depth(agent) == 0, 20, "delivery once unblocked")
         duplicates = check_delivery(broker.drain(queue), ids)
     finally:
         rabbit.ctl("set_vm_memory_high_watermark", "0.4")

@@ -7,7 +7,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pika.exceptions
@@ -29,6 +29,9 @@ from relay.sinks.amqp import AmqpSink
 from relay.sinks.amqp_wire import describe
 from relay.sinks.confirms import ConfirmWindow, Outcome
 from relay.spool import Spool
+from tests.helpers import toml
+from tests.helpers.mocks import MockSink, SinkHandler
+from tests.helpers.wait import wait_until
 
 # ------------------------------------------------------------------ ConfirmWindow
 
@@ -226,8 +229,8 @@ def test_describe_digs_out_the_innermost_reason() -> None:
 # ------------------------------------------------------------------ config
 
 
-def amqp_sink(write_config: Callable[..., Path], extra: str) -> str:
-    path = write_config(f'[[sinks]]\nname = "bus"\ntype = "amqp"\nqueue = "q"\n{extra}')
+def amqp_sink(write_config: Callable[..., Path], url: str, **keys: object) -> str:
+    path = write_config(toml.amqp_sink(url, name="bus", queue="q", **keys))
     return str(path)
 
 
@@ -236,10 +239,7 @@ def test_password_file_replaces_the_password_percent_encoded(
 ) -> None:
     secret = tmp_path / "pw"
     secret.write_text("p@ss:w/rd%\n")
-    path = amqp_sink(
-        write_config,
-        f'url = "amqp://relay:old@broker:5671/%2F"\npassword_file = "{secret}"\n',
-    )
+    path = amqp_sink(write_config, "amqp://relay:old@broker:5671/%2F", password_file=secret)
     [sink] = config.load(Path(path)).sinks
     assert isinstance(sink, AmqpSinkConfig)
     url = sink.url.get_secret_value()
@@ -250,7 +250,7 @@ def test_password_file_replaces_the_password_percent_encoded(
 
 def test_password_file_needs_a_user(write_config: Callable[..., Path], tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("secret")
-    path = amqp_sink(write_config, f'url = "amqp://broker/"\npassword_file = "{tmp_path}/pw"\n')
+    path = amqp_sink(write_config, "amqp://broker/", password_file=f"{tmp_path}/pw")
     with pytest.raises(ConfigError) as info:
         config.load(Path(path))
     [line] = info.value.problems
@@ -258,7 +258,7 @@ def test_password_file_needs_a_user(write_config: Callable[..., Path], tmp_path:
 
 
 def test_ca_file_needs_amqps(write_config: Callable[..., Path], tmp_path: Path) -> None:
-    path = amqp_sink(write_config, f'url = "amqp://broker/"\nca_file = "{tmp_path}/ca.pem"\n')
+    path = amqp_sink(write_config, "amqp://broker/", ca_file=f"{tmp_path}/ca.pem")
     with pytest.raises(ConfigError, match="ca_file is for amqps"):
         config.load(Path(path))
 
@@ -336,23 +336,14 @@ def test_a_wake_before_the_wait_is_not_lost(unreachable_sink: AmqpSink) -> None:
 # ------------------------------------------------------------------ the forwarder's hook
 
 
-class WaitingFake:
-    """A sink with the optional wait/wake: records waits; ``wait`` blocks on a real Event."""
+class WaitingMock(MockSink):
+    """A MockSink with the optional wait/wake (``forwarder.WaitingSink``): records the
+    timeout of every wait; ``wait`` blocks on a real Event."""
 
-    name = "fake"
-
-    def __init__(self) -> None:
-        self.batches: list[list[int]] = []
+    def __init__(self, handler: SinkHandler | None = None) -> None:
+        super().__init__(handler)
         self.waits: list[float | None] = []
-        self.fail = False
         self._woken = threading.Event()
-        self.sent = threading.Event()
-
-    def send(self, events: Sequence[Event]) -> None:
-        self.batches.append([e.payload for e in events])
-        self.sent.set()
-        if self.fail:
-            raise TransientError("down")
 
     def wait(self, timeout: float | None) -> None:
         self.waits.append(timeout)
@@ -362,9 +353,6 @@ class WaitingFake:
     def wake(self) -> None:
         self._woken.set()
 
-    def close(self) -> None:
-        pass
-
 
 @pytest.fixture
 def spool(tmp_path: Path) -> Iterator[Spool]:
@@ -373,27 +361,20 @@ def spool(tmp_path: Path) -> Iterator[Spool]:
         yield s
 
 
-def forwarder(spool: Spool, sink: WaitingFake, initial: float = 0.2) -> Forwarder:
+def forwarder(spool: Spool, sink: WaitingMock, initial: float = 0.2) -> Forwarder:
     policy = Policy(backoff=Backoff(initial, 1.0, initial), batch_max=10)
     return Forwarder(sink, spool, policy, rng=random.Random(0))
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def test_idle_forwarder_waits_in_the_sink_and_a_put_wakes_it(spool: Spool) -> None:
-    sink = WaitingFake()
+    sink = WaitingMock()
     f = forwarder(spool, sink)
     f.start()
     try:
-        wait_for(lambda: sink.waits == [None])  # idle: waits without a timeout
+        wait_until(lambda: sink.waits == [None], 5, "a wait")  # idle: waits without a timeout
         spool.put(event(1))
-        wait_for(lambda: sink.batches == [[1]])
-        wait_for(lambda: len(sink.waits) == 2)
+        wait_until(lambda: sink.batches == [[1]], 5, "the send")
+        wait_until(lambda: len(sink.waits) == 2, 5, "the next wait")
     finally:
         f.stop()
     assert not f.alive()
@@ -401,17 +382,16 @@ def test_idle_forwarder_waits_in_the_sink_and_a_put_wakes_it(spool: Spool) -> No
 
 
 def test_backoff_waits_in_the_sink_and_puts_do_not_cut_it_short(spool: Spool) -> None:
-    sink = WaitingFake()
-    sink.fail = True
+    sink = WaitingMock(lambda events: TransientError("down"))
     f = forwarder(spool, sink, initial=0.5)
     spool.put(event(1))
     f.start()
     try:
-        wait_for(lambda: len(sink.batches) == 1)
+        wait_until(lambda: len(sink.batches) == 1, 5, "the first send")
         started = time.monotonic()
         for i in range(5):  # new work during the backoff: the retry still waits its turn
             spool.put(event(i + 2))
-        wait_for(lambda: len(sink.batches) == 2)
+        wait_until(lambda: len(sink.batches) == 2, 5, "the retry")
         assert time.monotonic() - started < 1.5
         assert all(w is not None and w <= 0.5 for w in sink.waits)
     finally:
@@ -419,10 +399,10 @@ def test_backoff_waits_in_the_sink_and_puts_do_not_cut_it_short(spool: Spool) ->
 
 
 def test_stop_wakes_a_waiting_forwarder(spool: Spool) -> None:
-    sink = WaitingFake()
+    sink = WaitingMock()
     f = forwarder(spool, sink)
     f.start()
-    wait_for(lambda: sink.waits == [None])
+    wait_until(lambda: sink.waits == [None], 5, "a wait")
     started = time.monotonic()
     f.stop()
     assert time.monotonic() - started < 1.0
@@ -430,7 +410,7 @@ def test_stop_wakes_a_waiting_forwarder(spool: Spool) -> None:
 
 def test_a_put_just_after_the_lease_is_not_missed(spool: Spool) -> None:
     """The lost-wakeup race: the put lands between the lease and the subscription."""
-    sink = WaitingFake()
+    sink = WaitingMock()
     f = forwarder(spool, sink)
     real_lease = spool.lease
     raced = []
@@ -454,7 +434,7 @@ def test_on_change_calls_back_until_unsubscribed(spool: Spool) -> None:
     calls: list[int] = []
     unsubscribe = spool.on_change(lambda: calls.append(spool.version))
     spool.put(event())
-    wait_for(lambda: len(calls) >= 1)
+    wait_until(lambda: len(calls) >= 1, 5, "a call back")
     unsubscribe()
     unsubscribe()  # twice is fine
     before = len(calls)
@@ -463,14 +443,7 @@ def test_on_change_calls_back_until_unsubscribed(spool: Spool) -> None:
 
 
 def test_a_sink_without_wait_keeps_the_old_waits(spool: Spool) -> None:
-    class Plain:
-        name = "fake"
-
-        def send(self, events: Sequence[Event]) -> None: ...
-
-        def close(self) -> None: ...
-
-    f = Forwarder(Plain(), spool, Policy())
+    f = Forwarder(MockSink(), spool, Policy())
     assert f._waiter is None
 
 

@@ -16,7 +16,9 @@ from relay.agent import Agent
 from relay.config import load
 from relay.doorbell import Doorbell, ring
 from relay.spool import Spool
+from tests.helpers import toml
 from tests.helpers.common import RELAY
+from tests.helpers.wait import wait_until
 
 
 def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -25,7 +27,7 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
     )
 
 
-SINK = '[[sinks]]\nname = "cloud"\ntype = "http"\nurl = "http://127.0.0.1:9/"\n'
+SINK = toml.http_sink("http://127.0.0.1:9/")
 
 
 @pytest.fixture
@@ -76,7 +78,7 @@ def test_push_rejects_bad_payload_and_name(cfg: Path, relay_env: dict[str, str])
 def test_push_when_full_fails_clearly(
     write_config: Callable[..., Path], relay_env: dict[str, str]
 ) -> None:
-    cfg = write_config('[spool]\nmax_size = "400B"\n' + SINK)
+    cfg = write_config(toml.spool(max_size="400B"), SINK)
     assert run(["push", "a", "--config", str(cfg)], relay_env).returncode == 0
     result = run(["push", "b", "--payload", '"' + "x" * 300 + '"', "--config", str(cfg)], relay_env)
     assert result.returncode == 1
@@ -87,7 +89,7 @@ def test_push_when_full_fails_clearly(
 def test_push_with_memory_spool_says_why_not(
     write_config: Callable[..., Path], relay_env: dict[str, str]
 ) -> None:
-    cfg = write_config('[spool]\ndurability = "memory"\n')
+    cfg = write_config(toml.spool(durability="memory"))
     result = run(["push", "a", "--config", str(cfg)], relay_env)
     assert result.returncode == 1 and "memory" in result.stderr
 
@@ -154,10 +156,11 @@ def test_push_wakes_a_running_agent(cfg: Path) -> None:
     runner = threading.Thread(target=agent.run, args=(stop,))
     runner.start()
     try:
-        deadline = time.monotonic() + 10
-        while agent.spool is None or not (cfg.parent / "state" / "wake.sock").exists():
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(
+            lambda: agent.spool is not None and (cfg.parent / "state" / "wake.sock").exists(),
+            10,
+            "the agent's spool and doorbell",
+        )
         spool = agent.spool
         version = spool.version
         woke: list[float] = []

@@ -1,12 +1,11 @@
-"""The command executor's step(now), with a fake clock and fake devices: one at a time, in
+"""The command executor's step(now), with a fake clock and MockDevices: one at a time, in
 order, deduplicated, expired, retried in place, interrupted."""
 
 from __future__ import annotations
 
 import json
 import random
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,30 +16,10 @@ from relay.commands import CommandExecutor, Step
 from relay.errors import DeviceError, DeviceUnavailable, SpoolError
 from relay.event import Command
 from relay.spool import Spool
+from tests.helpers.mocks import MockDevice, in_turn
+from tests.helpers.wait import wait_until
 
 WALL = 1_800_000_000.0
-
-
-class FakeDevice:
-    """Records calls; ``script`` says what each call does (None: succeed)."""
-
-    def __init__(self, name: str = "lamp", actions: tuple[str, ...] = ("on", "off", "toggle")):
-        self.name = name
-        self.actions = frozenset(actions)
-        self.not_retried = frozenset({"toggle"})
-        self.calls: list[tuple[str, str]] = []
-        self.script: list[Exception | None] = []
-        self.closed = False
-
-    def run(self, action: str, args: Mapping[str, Any], *, command_id: str, timeout: float) -> None:
-        self.calls.append((command_id, action))
-        if self.script:
-            error = self.script.pop(0)
-            if error is not None:
-                raise error
-
-    def close(self) -> None:
-        self.closed = True
 
 
 @pytest.fixture
@@ -56,7 +35,7 @@ def cmd(i: str, action: str = "on", device: str = "lamp", age: float = 0.0) -> C
     )
 
 
-def executor(spool: Spool, *devices: FakeDevice, ttl: float = 30.0) -> CommandExecutor:
+def executor(spool: Spool, *devices: MockDevice, ttl: float = 30.0) -> CommandExecutor:
     return CommandExecutor(
         spool,
         {d.name: d for d in devices},
@@ -88,7 +67,7 @@ def run_all(ex: CommandExecutor, now: float = 0.0) -> list[Step]:
 
 
 def test_runs_in_arrival_order_one_at_a_time(spool: Spool) -> None:
-    lamp = FakeDevice()
+    lamp = MockDevice()
     for i in range(5):
         assert spool.record_command(cmd(f"c{i}", "on" if i % 2 else "off"))
     assert run_all(executor(spool, lamp)) == [Step.DONE] * 5 + [Step.IDLE]
@@ -103,7 +82,7 @@ def test_runs_in_arrival_order_one_at_a_time(spool: Spool) -> None:
 def test_same_id_is_recorded_once(spool: Spool) -> None:
     assert spool.record_command(cmd("dup"))
     assert not spool.record_command(cmd("dup", "off"))
-    lamp = FakeDevice()
+    lamp = MockDevice()
     run_all(executor(spool, lamp))
     assert lamp.calls == [("dup", "on")]
     assert not spool.record_command(cmd("dup"))  # also once it has run
@@ -112,7 +91,7 @@ def test_same_id_is_recorded_once(spool: Spool) -> None:
 def test_expired_command_is_not_run(spool: Spool) -> None:
     spool.record_command(cmd("old", age=31))
     spool.record_command(cmd("new"))
-    lamp = FakeDevice()
+    lamp = MockDevice()
     run_all(executor(spool, lamp, ttl=30))
     assert lamp.calls == [("new", "on")]
     old = outcomes(spool)[0]
@@ -122,7 +101,7 @@ def test_expired_command_is_not_run(spool: Spool) -> None:
 def test_unknown_device_and_action_fail_without_reaching_anything(spool: Spool) -> None:
     spool.record_command(cmd("a", device="garage"))
     spool.record_command(cmd("b", action="explode"))
-    lamp = FakeDevice()
+    lamp = MockDevice()
     run_all(executor(spool, lamp))
     assert lamp.calls == []
     a, b = outcomes(spool)
@@ -131,8 +110,7 @@ def test_unknown_device_and_action_fail_without_reaching_anything(spool: Spool) 
 
 
 def test_unreachable_device_is_retried_in_place(spool: Spool) -> None:
-    lamp = FakeDevice()
-    lamp.script = [DeviceUnavailable("refused")] * 3 + [None, None]
+    lamp = MockDevice(in_turn(*[DeviceUnavailable("refused")] * 3, None, None))
     spool.record_command(cmd("first"))
     spool.record_command(cmd("second"))
     ex = executor(spool, lamp)
@@ -143,8 +121,7 @@ def test_unreachable_device_is_retried_in_place(spool: Spool) -> None:
 
 
 def test_retry_waits_for_its_time(spool: Spool) -> None:
-    lamp = FakeDevice()
-    lamp.script = [DeviceUnavailable("refused"), None]
+    lamp = MockDevice(in_turn(DeviceUnavailable("refused"), None))
     spool.record_command(cmd("c"))
     ex = executor(spool, lamp)
     assert ex.step(0.0) is Step.RETRY
@@ -152,8 +129,7 @@ def test_retry_waits_for_its_time(spool: Spool) -> None:
 
 
 def test_unreachable_until_ttl_expires(spool: Spool) -> None:
-    lamp = FakeDevice()
-    lamp.script = [DeviceUnavailable("refused")] * 50
+    lamp = MockDevice(in_turn(*[DeviceUnavailable("refused")] * 50))
     spool.record_command(cmd("c"))
     run_all(executor(spool, lamp, ttl=10))
     [out] = outcomes(spool)
@@ -162,8 +138,7 @@ def test_unreachable_until_ttl_expires(spool: Spool) -> None:
 
 
 def test_toggle_is_never_retried(spool: Spool) -> None:
-    lamp = FakeDevice()
-    lamp.script = [DeviceUnavailable("refused")]
+    lamp = MockDevice(in_turn(DeviceUnavailable("refused")))
     spool.record_command(cmd("t", "toggle"))
     run_all(executor(spool, lamp))
     assert lamp.calls == [("t", "toggle")]
@@ -171,8 +146,7 @@ def test_toggle_is_never_retried(spool: Spool) -> None:
 
 
 def test_device_error_fails_and_is_not_retried(spool: Spool) -> None:
-    lamp = FakeDevice()
-    lamp.script = [DeviceError("HTTP 500 from heater")]
+    lamp = MockDevice(in_turn(DeviceError("HTTP 500 from heater")))
     spool.record_command(cmd("c"))
     run_all(executor(spool, lamp))
     assert lamp.calls == [("c", "on")]
@@ -180,8 +154,7 @@ def test_device_error_fails_and_is_not_retried(spool: Spool) -> None:
 
 
 def test_driver_bug_fails_the_command_once(spool: Spool) -> None:
-    lamp = FakeDevice()
-    lamp.script = [KeyError("oops")]
+    lamp = MockDevice(in_turn(KeyError("oops")))
     spool.record_command(cmd("c"))
     run_all(executor(spool, lamp))
     assert lamp.calls == [("c", "on")]
@@ -192,7 +165,7 @@ def test_running_command_found_at_start_is_interrupted(spool: Spool) -> None:
     spool.record_command(cmd("was-running"))
     spool.start_command("was-running")  # the agent died while the device ran it
     spool.record_command(cmd("next"))
-    lamp = FakeDevice()
+    lamp = MockDevice()
     ex = executor(spool, lamp)
     ex.recover()
     run_all(ex)
@@ -203,7 +176,7 @@ def test_running_command_found_at_start_is_interrupted(spool: Spool) -> None:
 
 
 def test_outcome_callbacks(spool: Spool) -> None:
-    lamp = FakeDevice()
+    lamp = MockDevice()
     spool.record_command(cmd("c"))
     ex = executor(spool, lamp)
     seen: list[tuple[str, str | None]] = []
@@ -216,7 +189,7 @@ def test_outcome_callbacks(spool: Spool) -> None:
 def test_ttl_counts_from_the_monotonic_receive_time(spool: Spool) -> None:
     """A wall clock set back by a year (a Pi at boot) must not make a new command old."""
     spool.record_command(cmd("c", age=10_000_000))
-    lamp = FakeDevice()
+    lamp = MockDevice()
     ex = executor(spool, lamp)
     ex.arrivals.mark("c")
     run_all(ex)
@@ -266,7 +239,7 @@ def test_a_failing_spool_is_one_line_not_a_traceback_per_try(
     spool: Spool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A full or read-only disk is no bug: the executor says so once and keeps trying."""
-    device = FakeDevice()
+    device = MockDevice()
     ex = CommandExecutor(
         spool, {"lamp": device}, node="n", ttl_s=30, timeout_s=5,
         backoff=Backoff(0.01, 1.0, 0.01), rng=random.Random(1),
@@ -283,10 +256,7 @@ def test_a_failing_spool_is_one_line_not_a_traceback_per_try(
     monkeypatch.setattr(spool, "next_command", failing)
     ex.start()
     try:
-        deadline = time.monotonic() + 5
-        while not device.calls:
-            assert time.monotonic() < deadline, "the command never ran"
-            time.sleep(0.01)
+        wait_until(lambda: device.calls, 5, "the command to run")
     finally:
         ex.stop()
     errors = [r for r in caplog.records if r.levelname == "ERROR"]

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,19 +21,24 @@ from paho.mqtt.enums import CallbackAPIVersion
 from relay.commands import CommandExecutor
 from relay.mqtt.connection import MqttConnection
 from relay.spool import COMMAND_REJECTS, Spool
-from tests.helpers.agent import running_agent, wait_for
+from tests.helpers import toml
+from tests.helpers.agent import running_agent
 from tests.helpers.commands import executed, outcomes
 from tests.helpers.common import RELAY, need_service
 from tests.helpers.http_server import RemoteServer, Reply
 from tests.helpers.mqtt import Publisher, unique
+from tests.helpers.wait import wait_until
 
 
-def config(device_url: str, cmd_topic: str, extra: str = "", commands: str = "") -> str:
-    return (
-        f'[mqtt]\nhost = "127.0.0.1"\nport = 1883\nclient_id = "{unique("relay-test-")}"\n'
-        f'[commands]\nmqtt_topic = "{cmd_topic}/+"\nttl_s = 30\ntimeout_s = 10\n{commands}'
-        f'[[devices]]\nname = "heater"\ntype = "http"\nurl = "{device_url}"\n'
-        f'actions = ["on", "off"]\n{extra}'
+def config(device_url: str, cmd_topic: str, *more: str, **commands: Any) -> str:
+    """The shared Mosquitto, commands on ``cmd_topic/+`` run by the "heater" at
+    ``device_url``, and ``more`` parts; ``commands`` adds to (or replaces) the keys of
+    ``[commands]``."""
+    return toml.document(
+        toml.mqtt(1883),
+        toml.commands(mqtt_topic=f"{cmd_topic}/+", **{"ttl_s": 30, "timeout_s": 10, **commands}),
+        toml.http_device(device_url, name="heater", actions=["on", "off"]),
+        *more,
     )
 
 
@@ -51,8 +55,17 @@ def cli(cfg: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def parts(agent: Any) -> tuple[MqttConnection, CommandExecutor]:
     mqtt_source = next(c for c in agent.components if isinstance(c, MqttConnection))
     executor = next(c for c in agent.components if isinstance(c, CommandExecutor))
-    wait_for(mqtt_source.subscribed.is_set, 10, "the command subscription")
+    wait_until(mqtt_source.subscribed.is_set, 10, "the command subscription")
     return mqtt_source, executor
+
+
+def marker_done(pub: Publisher, topic: str, state_dir: Path) -> None:
+    """Send a command for no device after the others, over MQTT (which keeps their order),
+    and wait for its outcome: the executor runs commands one at a time in the order they came,
+    so once it has failed the marker, every command before it has had its outcome and
+    nothing more of them will reach a device."""
+    pub.wait([pub.publish(f"{topic}/marker", json.dumps({"id": "marker", "action": "on"}))])
+    wait_until(lambda: "marker" in outcomes(state_dir), 20, "the marker's outcome")
 
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -79,9 +92,8 @@ def broker() -> None:
 def test_one_at_a_time_across_inputs(write_config: Callable[..., Path], state_dir: Path) -> None:
     need_service("RabbitMQ", 5672)
     topic, queue = unique("relaytest/"), unique("relay-test-commands-")
-    amqp = f'amqp_queue = "{queue}"\namqp_url = "{AMQP_URL}"\n'
     with RemoteServer(lambda r, n: Reply(200, delay=0.04)) as device:
-        cfg = write_config(config(device.url, topic, commands=amqp))
+        cfg = write_config(config(device.url, topic, amqp_queue=queue, amqp_url=AMQP_URL))
         with running_agent(cfg) as agent, Publisher() as pub:
             parts(agent)
             mqtt_ids = [f"m{i}" for i in range(20)]
@@ -102,12 +114,12 @@ def test_one_at_a_time_across_inputs(write_config: Callable[..., Path], state_di
             for t in clis:
                 t.join()
             try:
-                wait_for(lambda: len(device.received) == 50, 30, "50 commands run")
+                wait_until(lambda: len(device.received) == 50, 30, "50 commands run")
             except AssertionError:
                 got = executed(device)
                 missing = sorted(set(mqtt_ids + amqp_ids + cli_ids) - set(got))
                 raise AssertionError(f"{len(got)} ran; missing {missing}") from None
-            time.sleep(0.2)
+            marker_done(pub, topic, state_dir)
         delete_queue(queue)
     runs = sorted(device.received, key=lambda r: r.at)
     overlaps = [(a, b) for a, b in itertools.pairwise(runs) if b.at < a.done_at]
@@ -131,9 +143,9 @@ def test_unreachable_device_retries_the_same_command_then_the_rest(
     with running_agent(cfg) as agent:
         _, executor = parts(agent)
         ids = [cli(cfg, "heater", action).stdout.strip() for action in ("on", "off", "on")]
-        wait_for(lambda: executor.attempts >= 3, 20, "3 refused attempts")
+        wait_until(lambda: executor.attempts >= 3, 20, "3 refused attempts")
         with RemoteServer(port=port) as device:
-            wait_for(lambda: len(outcomes(state_dir)) == 3, 20, "all three outcomes")
+            wait_until(lambda: len(outcomes(state_dir)) == 3, 20, "all three outcomes")
             assert executed(device) == ids  # the first exactly once, then the rest in order
     assert [outcomes(state_dir)[i]["status"] for i in ids] == ["ok", "ok", "ok"]
 
@@ -142,14 +154,12 @@ def test_command_stuck_behind_a_stall_expires(
     write_config: Callable[..., Path], state_dir: Path
 ) -> None:
     with RemoteServer(lambda r, n: Reply(200, delay=5 if n == 0 else 0)) as device:
-        cfg = write_config(
-            config(device.url, unique("relaytest/")).replace("ttl_s = 30", "ttl_s = 2")
-        )
+        cfg = write_config(config(device.url, unique("relaytest/"), ttl_s=2))
         with running_agent(cfg):
             slow = cli(cfg, "heater", "on").stdout.strip()
-            wait_for(lambda: len(device.received) == 1, 10)
+            wait_until(lambda: len(device.received) == 1, 10)
             late = cli(cfg, "heater", "off").stdout.strip()
-            wait_for(lambda: late in outcomes(state_dir), 20, "the late command's outcome")
+            wait_until(lambda: late in outcomes(state_dir), 20, "the late command's outcome")
         assert executed(device) == [slow]  # never run
     result = outcomes(state_dir)
     assert result[slow]["status"] == "ok" and result[slow]["duration_ms"] >= 5000
@@ -167,8 +177,8 @@ def test_same_id_runs_once(write_config: Callable[..., Path], state_dir: Path) -
                     [pub.publish(f"{topic}/heater", json.dumps({"id": "once", "action": "on"}))]
                 )
             again = cli(cfg, "heater", "on", "--id", "once")
-            wait_for(lambda: "once" in outcomes(state_dir), 10)
-            time.sleep(0.5)
+            wait_until(lambda: "once" in outcomes(state_dir), 10)
+            marker_done(pub, topic, state_dir)
         assert executed(device) == ["once"]
     assert again.returncode == 1 and "seen before" in again.stderr
 
@@ -196,9 +206,8 @@ def test_mqtt_device_and_bad_commands(write_config: Callable[..., Path], state_d
     watcher.subscribe(lamp_topic, qos=1)
     watcher.loop_start()
     try:
-        extra = f'[[devices]]\nname = "lamp"\ntype = "mqtt"\ntopic = "{lamp_topic}"\n'
         with RemoteServer() as device:
-            cfg = write_config(config(device.url, topic, extra))
+            cfg = write_config(config(device.url, topic, toml.mqtt_device(lamp_topic, name="lamp")))
             with running_agent(cfg) as agent, Publisher() as pub:
                 parts(agent)
                 pub.wait(
@@ -208,8 +217,8 @@ def test_mqtt_device_and_bad_commands(write_config: Callable[..., Path], state_d
                         pub.publish(f"{topic}/garage", b"on"),
                     ]
                 )
-                wait_for(lambda: seen == [b'{"state": "on"}'], 10, "the lamp's payload")
-                wait_for(lambda: len(outcomes(state_dir)) == 2, 10)
+                wait_until(lambda: seen == [b'{"state": "on"}'], 10, "the lamp's payload")
+                wait_until(lambda: len(outcomes(state_dir)) == 2, 10)
                 with Spool.open(state_dir) as spool:
                     rejects = spool.dead_letters(COMMAND_REJECTS)
     finally:
@@ -241,7 +250,7 @@ def test_kill_9_during_commands_never_runs_one_twice(
                         break
                 before = len(device.received)
                 ids.append(cli(cfg, "heater", "on").stdout.strip())
-                wait_for(
+                wait_until(
                     lambda before=before: len(device.received) > before,
                     10,
                     "the device to take the command",
@@ -249,7 +258,7 @@ def test_kill_9_during_commands_never_runs_one_twice(
                 agent.send_signal(signal.SIGKILL)  # while the device is still acting on it
                 agent.wait()
         with running_agent(cfg):  # one last start settles the 20th
-            wait_for(lambda: len(outcomes(state_dir)) == 20, 20, "20 outcomes")
+            wait_until(lambda: len(outcomes(state_dir)) == 20, 20, "20 outcomes")
         runs = executed(device)
     assert sorted(runs) == sorted(ids), "a command ran twice or not at all"
     results = outcomes(state_dir)

@@ -4,6 +4,7 @@ against the real local server); the JSON templates."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -15,15 +16,28 @@ from relay.devices.http import HttpDevice
 from relay.errors import DeviceError, DeviceUnavailable
 from tests.helpers.http_server import RemoteServer
 
-
-def heater(handler: object, **cfg: object) -> HttpDevice:
-    config = HttpDeviceConfig.model_validate(
-        {"name": "heater", "type": "http", "url": "http://heater.local/rpc", **cfg}
-    )
-    return HttpDevice(config, transport=httpx.MockTransport(handler))  # type: ignore[arg-type]
+MakeHeater = Callable[..., HttpDevice]
 
 
-def test_http_device_posts_the_rendered_body() -> None:
+@pytest.fixture
+def heater() -> Iterator[MakeHeater]:
+    """``heater(handler, **config)``: an HttpDevice on ``httpx.MockTransport(handler)``;
+    every one made is closed at the end of the test (each has a deadline thread)."""
+    made: list[HttpDevice] = []
+
+    def make(handler: object, **cfg: object) -> HttpDevice:
+        config = HttpDeviceConfig.model_validate(
+            {"name": "heater", "type": "http", "url": "http://heater.local/rpc", **cfg}
+        )
+        made.append(HttpDevice(config, transport=httpx.MockTransport(handler)))  # type: ignore[arg-type]
+        return made[-1]
+
+    yield make
+    for device in made:
+        device.close()
+
+
+def test_http_device_posts_the_rendered_body(heater: MakeHeater) -> None:
     seen: list[httpx.Request] = []
     device = heater(lambda r: seen.append(r) or httpx.Response(200))
     device.run("on", {"level": 3}, command_id="c-1", timeout=5)
@@ -37,7 +51,7 @@ def test_http_device_posts_the_rendered_body() -> None:
     assert r.headers["Idempotency-Key"] == "c-1"
 
 
-def test_http_device_custom_method_and_body() -> None:
+def test_http_device_custom_method_and_body(heater: MakeHeater) -> None:
     seen: list[httpx.Request] = []
     device = heater(
         lambda r: seen.append(r) or httpx.Response(204),
@@ -49,7 +63,7 @@ def test_http_device_custom_method_and_body() -> None:
     assert seen[0].method == "PUT"
 
 
-def test_refused_connection_is_unavailable_so_retried() -> None:
+def test_refused_connection_is_unavailable_so_retried(heater: MakeHeater) -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("[Errno 111] Connection refused")
 
@@ -58,7 +72,7 @@ def test_refused_connection_is_unavailable_so_retried() -> None:
 
 
 @pytest.mark.parametrize("error", [httpx.ReadTimeout("slow"), httpx.RemoteProtocolError("eof")])
-def test_failure_after_sending_is_never_retried(error: Exception) -> None:
+def test_failure_after_sending_is_never_retried(heater: MakeHeater, error: Exception) -> None:
     def fail(request: httpx.Request) -> httpx.Response:
         raise error
 
@@ -68,7 +82,7 @@ def test_failure_after_sending_is_never_retried(error: Exception) -> None:
     assert "may have acted" in str(info.value)
 
 
-def test_error_status_fails() -> None:
+def test_error_status_fails(heater: MakeHeater) -> None:
     with pytest.raises(DeviceError, match=r"HTTP 500 from heater\.local: overheated"):
         heater(lambda r: httpx.Response(500, text="overheated")).run(
             "on", {}, command_id="c", timeout=5

@@ -1,4 +1,4 @@
-"""The forwarder's step(now), driven with a fake clock and a recording fake sink: no sleeps."""
+"""The forwarder's step(now), driven with a fake clock and a MockSink: no sleeps."""
 
 from __future__ import annotations
 
@@ -6,38 +6,18 @@ import math
 import random
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from relay.backoff import Backoff
-from relay.errors import PermanentError, SendError, TransientError
+from relay.errors import PermanentError, TransientError
 from relay.event import Event
 from relay.forwarder import Forwarder, Policy, Step
 from relay.spool import Spool
-from tests.helpers.agent import wait_for
-
-
-class FakeSink:
-    """Records every batch; ``answer`` decides, per batch, what happens."""
-
-    name = "fake"
-
-    def __init__(self) -> None:
-        self.batches: list[list[int]] = []
-        self.answer: Callable[[list[int]], SendError | None] = lambda batch: None
-        self.closed = False
-
-    def send(self, events: Sequence[Event]) -> None:
-        batch = [e.payload for e in events]
-        self.batches.append(batch)
-        error = self.answer(batch)
-        if error is not None:
-            raise error
-
-    def close(self) -> None:
-        self.closed = True
+from tests.helpers.mocks import MockSink, in_turn, payloads
+from tests.helpers.wait import wait_until
 
 
 class Wall:
@@ -59,7 +39,7 @@ def put(spool: Spool, *ns: int) -> None:
     spool.put_many([Event.new(node="t", source="test", name="x", payload=n) for n in ns])
 
 
-def make(spool: Spool, sink: FakeSink, **policy: object) -> Forwarder:
+def make(spool: Spool, sink: MockSink, **policy: object) -> Forwarder:
     pol = Policy(**{"backoff": Backoff(1.0, 2.0, 60.0), **policy})  # type: ignore[arg-type]
     return Forwarder(sink, spool, pol, rng=random.Random(0), wall=Wall())
 
@@ -78,12 +58,12 @@ def drain(f: Forwarder, now: float = 0.0, limit: int = 1000) -> list[Step]:
 
 
 def test_idle_when_empty(spool: Spool) -> None:
-    assert make(spool, FakeSink()).step(0) is Step.IDLE
+    assert make(spool, MockSink()).step(0) is Step.IDLE
 
 
 def test_sends_in_order_and_acks(spool: Spool) -> None:
     put(spool, 1, 2, 3)
-    sink = FakeSink()
+    sink = MockSink()
     f = make(spool, sink)
     assert drain(f) == [Step.SENT] * 3 + [Step.IDLE]
     assert sink.batches == [[1], [2], [3]]
@@ -93,9 +73,7 @@ def test_sends_in_order_and_acks(spool: Spool) -> None:
 
 def test_transient_failure_retries_the_same_head_after_backoff(spool: Spool) -> None:
     put(spool, 1, 2)
-    sink = FakeSink()
-    fails = iter([TransientError("HTTP 503"), TransientError("HTTP 503"), None, None])
-    sink.answer = lambda b: next(fails)
+    sink = MockSink(in_turn(TransientError("HTTP 503"), TransientError("HTTP 503"), None, None))
     f = make(spool, sink)
     assert f.step(0) is Step.RETRY
     first_wait = f.next_attempt
@@ -112,8 +90,7 @@ def test_transient_failure_retries_the_same_head_after_backoff(spool: Spool) -> 
 
 def test_transient_retries_forever_without_max_age(spool: Spool) -> None:
     put(spool, 1)
-    sink = FakeSink()
-    sink.answer = lambda b: TransientError("down")
+    sink = MockSink(lambda events: TransientError("down"))
     f = make(spool, sink)
     now = 0.0
     for _ in range(200):
@@ -125,8 +102,7 @@ def test_transient_retries_forever_without_max_age(spool: Spool) -> None:
 
 def test_retry_after_is_honoured(spool: Spool) -> None:
     put(spool, 1)
-    sink = FakeSink()
-    sink.answer = lambda b: TransientError("HTTP 429", retry_after=7.0)
+    sink = MockSink(lambda events: TransientError("HTTP 429", retry_after=7.0))
     f = make(spool, sink)
     f.step(100.0)
     assert f.next_attempt >= 107.0
@@ -134,8 +110,9 @@ def test_retry_after_is_honoured(spool: Spool) -> None:
 
 def test_poison_event_is_dead_lettered_and_the_rest_flow(spool: Spool) -> None:
     put(spool, 1, 2, 3)
-    sink = FakeSink()
-    sink.answer = lambda b: PermanentError("HTTP 400: bad field") if b == [2] else None
+    sink = MockSink(
+        lambda events: PermanentError("HTTP 400: bad field") if payloads(events) == [2] else None
+    )
     f = make(spool, sink, max_retries=2)
     steps = drain(f)
     assert steps.count(Step.RETRY) == 2 and steps.count(Step.DEAD) == 1
@@ -146,15 +123,13 @@ def test_poison_event_is_dead_lettered_and_the_rest_flow(spool: Spool) -> None:
 
 def test_max_retries_zero_dead_letters_at_once(spool: Spool) -> None:
     put(spool, 1)
-    sink = FakeSink()
-    sink.answer = lambda b: PermanentError("HTTP 422")
+    sink = MockSink(lambda events: PermanentError("HTTP 422"))
     assert drain(make(spool, sink, max_retries=0)) == [Step.DEAD, Step.IDLE]
 
 
 def test_max_age_stops_transient_retries(spool: Spool) -> None:
     put(spool, 1, 2)
-    sink = FakeSink()
-    sink.answer = lambda b: TransientError("HTTP 503") if b == [1] else None
+    sink = MockSink(lambda events: TransientError("HTTP 503") if payloads(events) == [1] else None)
     f = make(spool, sink, max_age=3600.0)
     wall = f._wall
     assert isinstance(wall, Wall)
@@ -168,15 +143,14 @@ def test_max_age_stops_transient_retries(spool: Spool) -> None:
 
 def test_batches_with_a_backlog(spool: Spool) -> None:
     put(spool, *range(7))
-    sink = FakeSink()
+    sink = MockSink()
     assert drain(make(spool, sink, batch_max=3)) == [Step.SENT] * 3 + [Step.IDLE]
     assert sink.batches == [[0, 1, 2], [3, 4, 5], [6]]
 
 
 def test_refused_batch_is_split_to_find_the_poison(spool: Spool) -> None:
     put(spool, *range(6))
-    sink = FakeSink()
-    sink.answer = lambda b: PermanentError("HTTP 400") if 2 in b else None
+    sink = MockSink(lambda events: PermanentError("HTTP 400") if 2 in payloads(events) else None)
     f = make(spool, sink, batch_max=4, max_retries=1)
     drain(f)
     assert [d.event_id for d in spool.dead_letters()] == [spool.dead_letters()[0].event_id]
@@ -189,17 +163,14 @@ def test_refused_batch_is_split_to_find_the_poison(spool: Spool) -> None:
 
 def test_partial_delivery_acks_the_front(spool: Spool) -> None:
     put(spool, *range(5))
-    sink = FakeSink()
-    answers = iter([TransientError("confirm lost", delivered=2), None])
-    sink.answer = lambda b: next(answers)
+    sink = MockSink(in_turn(TransientError("confirm lost", delivered=2), None))
     drain(make(spool, sink, batch_max=5))
     assert sink.batches == [[0, 1, 2, 3, 4], [2, 3, 4]]
 
 
 def test_failure_state_is_kept_in_the_spool_for_status(spool: Spool) -> None:
     put(spool, 1)
-    sink = FakeSink()
-    sink.answer = lambda b: TransientError("HTTP 503 from remote")
+    sink = MockSink(lambda events: TransientError("HTTP 503 from remote"))
     f = make(spool, sink)
     f.step(0)
     f.step(f.next_attempt)
@@ -208,15 +179,14 @@ def test_failure_state_is_kept_in_the_spool_for_status(spool: Spool) -> None:
 
 
 def test_run_wakes_on_put_and_stops(spool: Spool) -> None:
-    sink = FakeSink()
+    done = threading.Event()
+    sink = MockSink(lambda events: done.set())  # type: ignore[func-returns-value]
     f = make(spool, sink)
     steps: list[Step] = []
     real_step = f.step
     f.step = lambda now: steps.append(real_step(now)) or steps[-1]  # type: ignore[method-assign]
     f.start()
     try:
-        done = threading.Event()
-        sink.answer = lambda b: done.set()  # type: ignore[func-returns-value]
         put(spool, 1)
         assert done.wait(5)
     finally:
@@ -233,11 +203,11 @@ def test_the_last_ack_of_a_drain_is_committed_at_once(tmp_path: Path) -> None:
     # A gathered ack would sit for a minute.
     with Spool.open(tmp_path, durability="normal", ack_delay=60) as spool:
         spool.register_sinks(["fake"])
-        sink = FakeSink()
+        sink = MockSink()
         f = make(spool, sink)
         put(spool, 1, 2, 3)
         assert drain(f) == [Step.SENT, Step.SENT, Step.SENT, Step.IDLE]
-        wait_for(lambda: spool.stats().sinks[0].depth == 0, 10, "the acks committed")
+        wait_until(lambda: spool.stats().sinks[0].depth == 0, 10, "the acks committed")
         # What relay status, another process, reads: the file itself.
         with sqlite3.connect(tmp_path / "spool.db") as other:
             assert other.execute("SELECT cursor FROM sinks").fetchone()[0] == 3
@@ -248,8 +218,7 @@ def test_a_refused_event_is_found_by_halves(spool: Spool, bad: int) -> None:
     """One event refused in a batch of 100: about log2(100) more requests to find it, its
     own max_retries, and batching again after it; the other 99 delivered in order."""
     put(spool, *range(100))
-    sink = FakeSink()
-    sink.answer = lambda b: PermanentError("HTTP 400: bad event") if bad in b else None
+    sink = MockSink(lambda e: PermanentError("HTTP 400: bad event") if bad in payloads(e) else None)
     max_retries = 5
     drain(make(spool, sink, batch_max=100, max_retries=max_retries))
     assert len(sink.batches) <= 2 * math.log2(100) + max_retries + 1, sink.batches
@@ -263,8 +232,7 @@ def test_a_refused_event_is_found_by_halves(spool: Spool, bad: int) -> None:
 
 def test_two_refused_events_in_one_batch(spool: Spool) -> None:
     put(spool, *range(40))
-    sink = FakeSink()
-    sink.answer = lambda b: PermanentError("HTTP 400") if {7, 30} & set(b) else None
+    sink = MockSink(lambda e: PermanentError("HTTP 400") if {7, 30} & set(payloads(e)) else None)
     drain(make(spool, sink, batch_max=40, max_retries=0))
     delivered = [n for b in sink.batches if not {7, 30} & set(b) for n in b]
     assert delivered == [n for n in range(40) if n not in (7, 30)]
@@ -275,9 +243,8 @@ def test_two_refused_events_in_one_batch(spool: Spool) -> None:
 def test_a_transient_failure_retries_the_half_whole(spool: Spool) -> None:
     """While halving, a 503 is a retry of the same request, not a clue."""
     put(spool, *range(8))
-    sink = FakeSink()
     answers = iter([PermanentError("HTTP 400"), TransientError("HTTP 503")])
-    sink.answer = lambda b: next(answers, None) if 5 in b or len(b) == 4 else None
+    sink = MockSink(lambda e: next(answers, None) if 5 in payloads(e) or len(e) == 4 else None)
     drain(make(spool, sink, batch_max=8, max_retries=0))
     assert sink.batches[:3] == [list(range(8)), [0, 1, 2, 3], [0, 1, 2, 3]]
 
@@ -285,10 +252,12 @@ def test_a_transient_failure_retries_the_half_whole(spool: Spool) -> None:
 def test_an_exact_sink_names_the_refused_event(spool: Spool) -> None:
     """AMQP and Redis hear of each event: the one refused is known, nothing is halved."""
     put(spool, *range(6))
-    sink = FakeSink()
-    sink.answer = lambda b: (
-        PermanentError("returned", delivered=b.index(2), exact=True) if 2 in b else None
-    )
+
+    def refuse_2(events: Sequence[Event]) -> PermanentError | None:
+        b = payloads(events)
+        return PermanentError("returned", delivered=b.index(2), exact=True) if 2 in b else None
+
+    sink = MockSink(refuse_2)
     drain(make(spool, sink, batch_max=6, max_retries=1))
     assert sink.batches == [[0, 1, 2, 3, 4, 5], [2, 3, 4, 5], [3, 4, 5]]
     assert [Event.from_json(d.body).payload for d in spool.dead_letters()] == [2]

@@ -1,9 +1,12 @@
-"""GPIO inputs and outputs on gpiozero's MockFactory (no real pins here)."""
+"""GPIO inputs and outputs on gpiozero's MockFactory (no real pins here). The bounce window
+runs on a clock and timers the tests move by hand, except in the two tests that check the
+real ones (a threading.Timer, and the agent as wiring builds it)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,8 +17,10 @@ from relay.devices.gpio import GpioDevice
 from relay.errors import DeviceError
 from relay.sources.gpio import GpioSource
 from relay.spool import Spool
-from tests.helpers.agent import running_agent, wait_for
+from tests.helpers import toml
+from tests.helpers.agent import running_agent
 from tests.helpers.http_server import RemoteServer
+from tests.helpers.wait import wait_until
 
 
 @pytest.fixture
@@ -44,16 +49,67 @@ def names(spool: Spool) -> list[str]:
     return [r.event.name for r in spool.lease("out", 100).records]
 
 
-def test_edges_become_events(spool: Spool) -> None:
-    factory = MockFactory()
-    source = GpioSource([door()], spool, node="n", pin_factory=factory)
+@dataclass
+class _Timer:
+    due: float
+    action: Callable[[], None]
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeTime:
+    """The source's clock and timer seam, moved by hand: ``advance`` moves the clock and
+    runs, on the test's thread, every timer that has come due."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.timers: list[_Timer] = []  # every timer started, fired or not
+
+    def clock(self) -> float:
+        return self.now
+
+    def timer(self, delay: float, action: Callable[[], None]) -> _Timer:
+        timer = _Timer(self.now + delay, action)
+        self.timers.append(timer)
+        return timer
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        for timer in self.timers:
+            if timer.due <= self.now and not timer.cancelled:
+                timer.cancelled = True  # fired: once only
+                timer.action()
+
+
+@pytest.fixture
+def fake_time() -> FakeTime:
+    return FakeTime()
+
+
+def on_fake_time(
+    cfg: GpioSourceConfig, spool: Spool, factory: MockFactory, fake_time: FakeTime
+) -> GpioSource:
+    return GpioSource(
+        [cfg],
+        spool,
+        node="n",
+        pin_factory=factory,
+        clock=fake_time.clock,
+        timer=fake_time.timer,
+    )
+
+
+def test_edges_become_events(spool: Spool, mock_factory: MockFactory, fake_time: FakeTime) -> None:
+    source = on_fake_time(door(), spool, mock_factory, fake_time)
     source.start()
     try:
-        pin = factory.pin(17)
+        pin = mock_factory.pin(17)
         pin.drive_low()  # pull-up: the switch closes to ground, the input is active
-        time.sleep(0.08)
+        fake_time.advance(0.08)
         pin.drive_high()
-        time.sleep(0.08)
+        fake_time.advance(0.08)
     finally:
         source.stop()
     assert names(spool) == ["door closed", "door opened", "door closed"]
@@ -68,45 +124,65 @@ def test_edges_become_events(spool: Spool) -> None:
     assert events[1].source == "gpio"
 
 
-def test_bounces_within_bounce_ms_are_suppressed(spool: Spool) -> None:
-    factory = MockFactory()
-    source = GpioSource([door(initial_event=False)], spool, node="n", pin_factory=factory)
+def test_bounces_within_bounce_ms_are_suppressed(
+    spool: Spool, mock_factory: MockFactory, fake_time: FakeTime
+) -> None:
+    source = on_fake_time(door(initial_event=False), spool, mock_factory, fake_time)
     source.start()
     try:
-        pin = factory.pin(17)
+        pin = mock_factory.pin(17)
         for _ in range(5):  # a reed switch chattering for a few ms as the door opens
             pin.drive_low()
             pin.drive_high()
         pin.drive_low()
-        wait_for(lambda: len(names(spool)) >= 1, 2)
-        time.sleep(0.15)  # past the window: the settled state is read once more
+        wait_until(lambda: len(names(spool)) >= 1, 2)
+        fake_time.advance(0.15)  # past the window: the settled state is read once more
     finally:
         source.stop()
     assert names(spool) == ["door opened"]
+    assert len(fake_time.timers) == 1  # one look per window, however long the chatter
 
 
-def test_final_state_is_reported_after_the_window(spool: Spool) -> None:
-    factory = MockFactory()
-    source = GpioSource([door(initial_event=False)], spool, node="n", pin_factory=factory)
+def test_final_state_is_reported_when_the_window_closes(
+    spool: Spool, mock_factory: MockFactory, fake_time: FakeTime
+) -> None:
+    source = on_fake_time(door(initial_event=False), spool, mock_factory, fake_time)
     source.start()
     try:
-        pin = factory.pin(17)
+        pin = mock_factory.pin(17)
         pin.drive_low()
         pin.drive_high()  # within the window: suppressed, but it is where the pin ends up
-        wait_for(lambda: len(names(spool)) == 2, 2, "the settled state")
+        fake_time.advance(0.04)
+        assert names(spool) == ["door opened"]  # not before the window closes
+        fake_time.advance(0.02)
     finally:
         source.stop()
     assert names(spool) == ["door opened", "door closed"]
 
 
-def test_active_high_without_pull(spool: Spool) -> None:
-    factory = MockFactory()
-    cfg = door(pull_up="none", active_high=True, initial_event=False, bounce_ms=0)
-    source = GpioSource([cfg], spool, node="n", pin_factory=factory)
+def test_final_state_is_reported_after_the_window(spool: Spool, mock_factory: MockFactory) -> None:
+    """On the real clock and a real threading.Timer (the defaults): the seam's other side."""
+    source = GpioSource([door(initial_event=False)], spool, node="n", pin_factory=mock_factory)
     source.start()
     try:
-        factory.pin(17).drive_high()
-        wait_for(lambda: names(spool) == ["door opened"], 2)
+        pin = mock_factory.pin(17)
+        pin.drive_low()
+        pin.drive_high()  # within the window: suppressed, but it is where the pin ends up
+        wait_until(lambda: len(names(spool)) == 2, 2, "the settled state")
+    finally:
+        source.stop()
+    assert names(spool) == ["door opened", "door closed"]
+
+
+def test_active_high_without_pull(
+    spool: Spool, mock_factory: MockFactory, fake_time: FakeTime
+) -> None:
+    cfg = door(pull_up="none", active_high=True, initial_event=False, bounce_ms=0)
+    source = on_fake_time(cfg, spool, mock_factory, fake_time)
+    source.start()
+    try:
+        mock_factory.pin(17).drive_high()
+        wait_until(lambda: names(spool) == ["door opened"], 2)
     finally:
         source.stop()
 
@@ -114,10 +190,15 @@ def test_active_high_without_pull(spool: Spool) -> None:
 def test_gpio_events_reach_an_http_sink(write_config: Callable[..., Path]) -> None:
     with RemoteServer() as remote:
         cfg = write_config(
-            '[gpio]\npin_factory = "mock"\n'
-            '[[sources]]\ntype = "gpio"\npin = 17\nname = "front_door"\nbounce_ms = 20\n'
-            'on_active = "door opened"\non_inactive = "door closed"\n'
-            f'[[sinks]]\nname = "cloud"\ntype = "http"\nurl = "{remote.url}"\n'
+            toml.gpio(pin_factory="mock"),
+            toml.gpio_source(
+                17,
+                "front_door",
+                bounce_ms=20,
+                on_active="door opened",
+                on_inactive="door closed",
+            ),
+            toml.http_sink(remote.url),
         )
         with running_agent(cfg) as agent:
             source = next(c for c in agent.components if isinstance(c, GpioSource))
@@ -125,7 +206,7 @@ def test_gpio_events_reach_an_http_sink(write_config: Callable[..., Path]) -> No
             pin.drive_low()
             time.sleep(0.05)
             pin.drive_high()
-            wait_for(lambda: len(remote.accepted()) == 3, 10)
+            wait_until(lambda: len(remote.accepted()) == 3, 10)
         assert [e["name"] for e in remote.accepted()] == [
             "door closed",
             "door opened",
@@ -136,11 +217,10 @@ def test_gpio_events_reach_an_http_sink(write_config: Callable[..., Path]) -> No
 # ------------------------------------------------------------------ outputs
 
 
-def test_gpio_device_actions() -> None:
-    factory = MockFactory()
+def test_gpio_device_actions(mock_factory: MockFactory) -> None:
     cfg = GpioDeviceConfig(name="garage", type="gpio", pin=27)
-    device = GpioDevice(cfg, pin_factory=factory)
-    pin = factory.pin(27)
+    device = GpioDevice(cfg, pin_factory=mock_factory)
+    pin = mock_factory.pin(27)
     try:
         device.run("on", {}, command_id="1", timeout=5)
         assert pin.state

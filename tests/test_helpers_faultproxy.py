@@ -12,6 +12,7 @@ import pytest
 
 from tests.helpers.brokers import free_port
 from tests.helpers.faultproxy import FaultProxy
+from tests.helpers.wait import wait_until
 
 # Short enough to keep the suite fast, long enough that "nothing arrived" means it.
 QUIET = 0.5
@@ -96,14 +97,6 @@ def assert_silent(sock: socket.socket) -> None:
     sock.settimeout(5)
 
 
-def wait_for(predicate: object, timeout: float = 5.0) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
-
-
 # -- pass -------------------------------------------------------------------------------
 
 
@@ -115,7 +108,7 @@ def test_pass_echoes_and_passes_half_close_on(proxy: FaultProxy, echo: EchoServe
         assert sock.recv(1) == b""
     assert proxy.connections == 1
     assert echo.accepted == 1
-    wait_for(lambda: proxy.open_connections == 0)
+    wait_until(lambda: proxy.open_connections == 0, 5, "the proxy to close the connection")
 
 
 def test_unknown_mode_is_rejected(proxy: FaultProxy) -> None:
@@ -137,7 +130,7 @@ def test_stall_holds_bytes_without_closing_and_pass_resumes(
 
         # New connections are accepted and reach upstream, but nothing flows.
         with connect(proxy) as late:
-            wait_for(lambda: echo.accepted == 2)
+            wait_until(lambda: echo.accepted == 2, 5, "the second connection upstream")
             late.sendall(b"late")
             assert_silent(late)
 

@@ -27,10 +27,12 @@ from relay.homeassistant import HaDiscovery, HaWakeups, Topics, discovery_config
 from relay.logonce import LogOnce
 from relay.mqtt import Message, Session
 from relay.spool import Spool
-from tests.helpers.agent import running_agent, spool_of, wait_for
+from tests.helpers import toml
+from tests.helpers.agent import running_agent, spool_of
 from tests.helpers.common import need_service
 from tests.helpers.http_server import RemoteServer, Reply
 from tests.helpers.mqtt import Publisher, spooled, unique
+from tests.helpers.wait import wait_until
 
 WALL = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 CONFIG_TOPIC = "homeassistant/device/relay_hall_pi/config"
@@ -306,15 +308,19 @@ def switches(ha: HaDiscovery) -> int:
 
 def settled(ha: HaDiscovery, quiet: float = 0.5, timeout: float = 10.0) -> int:
     """The discovery thread's context switches once none came for ``quiet`` seconds."""
-    deadline = time.monotonic() + timeout
-    count = switches(ha)
-    while time.monotonic() < deadline:
-        time.sleep(quiet)
-        now = switches(ha)
-        if now == count:
-            return count
-        count = now
-    raise AssertionError(f"the discovery thread never went quiet for {quiet}s")
+    looks: list[int] = []  # the count at each look, ``quiet`` seconds apart
+
+    def unchanged_since_the_last_look() -> bool:
+        looks.append(switches(ha))
+        return len(looks) > 1 and looks[-1] == looks[-2]
+
+    wait_until(
+        unchanged_since_the_last_look,
+        timeout,
+        f"the discovery thread to go quiet for {quiet}s",
+        interval=quiet,
+    )
+    return looks[-1]
 
 
 def clear_retained(*topics: str) -> None:
@@ -340,16 +346,19 @@ def test_with_real_mosquitto(
     down.set()
     with RemoteServer(lambda r, n: Reply(503) if down.is_set() else Reply(200)) as server:
         cfg = write_config(
-            f'[mqtt]\nhost = "127.0.0.1"\nport = 1883\nclient_id = "{unique("relay-ha-")}"\n'
-            f'[homeassistant]\ndiscovery = true\ndiscovery_prefix = "{prefix}"\n'
-            f'birth_topic = "{prefix}/status"\nmin_interval = "1s"\n'
-            f'[[sinks]]\nname = "cloud"\ntype = "http"\nurl = "{server.url}"\n'
-            'retry_initial = "100ms"\nretry_max = "300ms"\n'
+            toml.mqtt(1883, client_id=unique("relay-ha-")),
+            toml.homeassistant(
+                discovery=True,
+                discovery_prefix=prefix,
+                birth_topic=f"{prefix}/status",
+                min_interval="1s",
+            ),
+            toml.http_sink(server.url, retry_initial="100ms", retry_max="300ms"),
         )
         watcher = Watcher(f"{prefix}/#", f"relay/{node}/#")
         try:
             with running_agent(cfg) as agent:
-                wait_for(lambda: watcher.states(state_topic), 10, "the first state")
+                wait_until(lambda: watcher.states(state_topic), 10, "the first state")
                 [(config, _, _)] = watcher.on(config_topic)
                 components = json.loads(config)["components"]
                 assert len(components) == 5 + 1  # the sink's, and the broker's drops
@@ -365,7 +374,7 @@ def test_with_real_mosquitto(
                 # The sink refuses (503): the backlog shows, and the sink as not connected.
                 for i in range(3):
                     spool_of(agent).put(Event.new(node=node, source="push", name=f"e{i}"))
-                wait_for(
+                wait_until(
                     lambda: any(
                         s["depth"] == 3 and s["connected"] is False
                         for s in watcher.states(state_topic)
@@ -374,7 +383,7 @@ def test_with_real_mosquitto(
                     "a state with the backlog",
                 )
                 down.clear()  # the sink recovers: the backlog drains to 0, delivered
-                wait_for(
+                wait_until(
                     lambda: watcher.states(state_topic)[-1]["depth"] == 0,
                     10,
                     "a state with the backlog gone",
@@ -397,17 +406,19 @@ def test_with_real_mosquitto(
                 # Home Assistant restarts: its birth message brings the config again.
                 configs = len(watcher.on(config_topic))
                 watcher.client.publish(f"{prefix}/status", b"online", qos=0)
-                wait_for(lambda: len(watcher.on(config_topic)) > configs, 10, "the re-announce")
+                wait_until(lambda: len(watcher.on(config_topic)) > configs, 10, "the re-announce")
 
             # A restart announces the same config (the same ids), and a Home Assistant that
             # subscribes later finds it and the state retained.
             configs = len(watcher.on(config_topic))
             with running_agent(cfg):
-                wait_for(lambda: len(watcher.on(config_topic)) > configs, 10, "the config again")
+                wait_until(lambda: len(watcher.on(config_topic)) > configs, 10, "the config again")
                 assert watcher.on(config_topic)[-1][0] == config
                 late = Watcher(config_topic, state_topic)
                 try:
-                    wait_for(lambda: late.on(config_topic) and late.on(state_topic), 10, "retained")
+                    wait_until(
+                        lambda: late.on(config_topic) and late.on(state_topic), 10, "retained"
+                    )
                     assert late.on(config_topic)[0][:2] == (config, True)
                     assert late.on(state_topic)[0][1], "the state is not retained"
                 finally:
@@ -428,19 +439,18 @@ def test_a_source_on_the_birth_topic_still_spools_it(
     config_topic = f"{prefix}/device/relay_{node}/config"
     monkeypatch.setenv("RELAY_NODE", node)
     cfg = write_config(
-        f'[mqtt]\nhost = "127.0.0.1"\nport = 1883\nclient_id = "{unique("relay-ha-")}"\n'
-        f'[homeassistant]\ndiscovery = true\ndiscovery_prefix = "{prefix}"\n'
-        f'birth_topic = "{home}/status"\n'
-        f'[[sources]]\ntype = "mqtt"\ntopics = ["{home}/#"]\n'
-        '[[sinks]]\nname = "cloud"\ntype = "http"\nurl = "http://127.0.0.1:9/"\n'
+        toml.mqtt(1883, client_id=unique("relay-ha-")),
+        toml.homeassistant(discovery=True, discovery_prefix=prefix, birth_topic=f"{home}/status"),
+        toml.mqtt_source(f"{home}/#"),
+        toml.http_sink("http://127.0.0.1:9/"),
     )
     watcher = Watcher(config_topic)
     try:
         with running_agent(cfg) as agent, Publisher() as pub:
-            wait_for(lambda: watcher.on(config_topic), 10, "the config")
+            wait_until(lambda: watcher.on(config_topic), 10, "the config")
             pub.wait([pub.publish(f"{home}/status", "online", qos=1)])
-            wait_for(lambda: len(watcher.on(config_topic)) == 2, 10, "the re-announce")
-            wait_for(lambda: spool_of(agent).stats().rows == 1, 10, "the event")
+            wait_until(lambda: len(watcher.on(config_topic)) == 2, 10, "the re-announce")
+            wait_until(lambda: spool_of(agent).stats().rows == 1, 10, "the event")
         [event] = spooled(agent.settings.state_dir)
         assert (event["name"], event["payload"]) == (f"{home}/status", "online")
     finally:

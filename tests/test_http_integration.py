@@ -14,15 +14,18 @@ import pytest
 
 import relay
 from relay.event import Event
-from tests.helpers.agent import running_agent, spool_of, wait_for
+from tests.helpers import toml
+from tests.helpers.agent import running_agent, spool_of
 from tests.helpers.common import RELAY
 from tests.helpers.http_server import Received, RemoteServer, Reply
+from tests.helpers.wait import wait_until
 
-FAST_RETRY = 'retry_initial = "50ms"\nretry_max = "500ms"\n'
+FAST_RETRY = {"retry_initial": "50ms", "retry_max": "500ms"}
 
 
-def sink_config(url: str, extra: str = "") -> str:
-    return f'[[sinks]]\nname = "cloud"\ntype = "http"\nurl = "{url}"\n{FAST_RETRY}{extra}'
+def sink_config(url: str, **keys: object) -> str:
+    """The "cloud" sink at ``url``, retrying fast unless ``keys`` say otherwise."""
+    return toml.http_sink(url, **{**FAST_RETRY, **keys})
 
 
 @pytest.fixture
@@ -45,8 +48,8 @@ def test_200_delivers_each_event_once_in_order(
     cfg = write_config(sink_config(remote.url))
     with running_agent(cfg) as agent:
         ids = push_all(cfg, 20)
-        wait_for(lambda: len(remote.accepted()) == 20, 10, "20 deliveries")
-        wait_for(lambda: spool_of(agent).stats().sinks[0].depth == 0, 5, "acks")
+        wait_until(lambda: len(remote.accepted()) == 20, 10, "20 deliveries")
+        wait_until(lambda: spool_of(agent).stats().sinks[0].depth == 0, 5, "acks")
     assert [e["id"] for e in remote.accepted()] == ids
     assert [r.headers["Idempotency-Key"] for r in remote.received] == ids
     assert remote.received[0].headers["Content-Type"] == "application/json"
@@ -60,7 +63,7 @@ def test_500_then_200(remote: RemoteServer, write_config: Callable[..., Path]) -
     cfg = write_config(sink_config(remote.url))
     with running_agent(cfg):
         [event_id] = push_all(cfg, 1)
-        wait_for(lambda: len(remote.accepted()) == 1, 10)
+        wait_until(lambda: len(remote.accepted()) == 1, 10)
     assert [r.status for r in remote.received] == [500, 500, 200]
     assert {r.headers["Idempotency-Key"] for r in remote.received} == {event_id}
 
@@ -69,10 +72,10 @@ def test_429_retry_after_is_waited_out(
     remote: RemoteServer, write_config: Callable[..., Path]
 ) -> None:
     remote.respond = lambda r, n: Reply(429, {"Retry-After": "2"}) if n == 0 else Reply(200)
-    cfg = write_config(sink_config(remote.url).replace('"500ms"', '"10s"'))
+    cfg = write_config(sink_config(remote.url, retry_max="10s"))
     with running_agent(cfg):
         push_all(cfg, 1)
-        wait_for(lambda: len(remote.accepted()) == 1, 10)
+        wait_until(lambda: len(remote.accepted()) == 1, 10)
     first, second = remote.received
     assert second.at - first.at >= 2.0
 
@@ -81,11 +84,11 @@ def test_hanging_server_times_out_and_is_retried(
     remote: RemoteServer, write_config: Callable[..., Path]
 ) -> None:
     remote.respond = lambda r, n: Reply(hang=True) if n == 0 else Reply(200)
-    cfg = write_config(sink_config(remote.url, "timeout_s = 1\n"))
+    cfg = write_config(sink_config(remote.url, timeout_s=1))
     with running_agent(cfg) as agent:
         pushed = time.monotonic()
         push_all(cfg, 2)
-        wait_for(lambda: len(remote.accepted()) == 2, 15)
+        wait_until(lambda: len(remote.accepted()) == 2, 15)
         assert "within 1s" in (spool_of(agent).stats().sinks[0].last_error or "")
     assert ns(remote.accepted()) == [0, 1]
     # The deadline runs from when relay began the first request, which the server only sees
@@ -100,12 +103,12 @@ def test_deadline_holds_against_a_trickling_server(
     # One byte every 0.3 s: each read arrives well within the timeout, the whole answer
     # would take ~20 s. The total deadline of 1 s must cut it off.
     remote.respond = lambda r, n: Reply(200, trickle=0.3) if n == 0 else Reply(200)
-    cfg = write_config(sink_config(remote.url, "timeout_s = 1\n"))
+    cfg = write_config(sink_config(remote.url, timeout_s=1))
     with running_agent(cfg):
         pushed = time.monotonic()
         push_all(cfg, 1)
-        wait_for(lambda: len(remote.received) >= 2, 15, "a retry after the deadline")
-        wait_for(lambda: remote.received[-1].status == 200, 5)
+        wait_until(lambda: len(remote.received) >= 2, 15, "a retry after the deadline")
+        wait_until(lambda: remote.received[-1].status == 200, 5)
     gap = remote.received[1].at - pushed  # from before the deadline began (see above)
     assert 1.0 <= gap < 10.0, f"retry came {gap:.1f}s after the trickle began"
 
@@ -117,11 +120,11 @@ def test_connection_refused_then_up(write_config: Callable[..., Path]) -> None:
     cfg = write_config(sink_config(f"http://127.0.0.1:{port}/events"))
     with running_agent(cfg) as agent:
         push_all(cfg, 5)
-        wait_for(lambda: spool_of(agent).stats().sinks[0].attempts >= 2, 10, "failed attempts")
+        wait_until(lambda: spool_of(agent).stats().sinks[0].attempts >= 2, 10, "failed attempts")
         assert "refused" in (spool_of(agent).stats().sinks[0].last_error or "")
         time.sleep(3)  # the outage lasts 3 s; the retries keep failing meanwhile
         with RemoteServer(port=port) as server:
-            wait_for(lambda: len(server.accepted()) == 5, 10)
+            wait_until(lambda: len(server.accepted()) == 5, 10)
             assert ns(server.accepted()) == [0, 1, 2, 3, 4]
 
 
@@ -136,11 +139,11 @@ def test_400_is_dead_lettered_and_the_rest_keep_flowing(
         return Reply(200)
 
     remote.respond = respond
-    cfg = write_config(sink_config(remote.url, "max_retries = 2\n"))
+    cfg = write_config(sink_config(remote.url, max_retries=2))
     relay_env["RELAY_CONFIG"] = str(cfg)
     with running_agent(cfg):
         ids = push_all(cfg, 4)
-        wait_for(lambda: len(remote.accepted()) == 3, 10)
+        wait_until(lambda: len(remote.accepted()) == 3, 10)
         assert ns(remote.accepted()) == [0, 2, 3]
         assert sum(1 for r in remote.received if r.status == 400) == 3  # 1 try + 2 retries
 
@@ -163,7 +166,7 @@ def test_400_is_dead_lettered_and_the_rest_keep_flowing(
         subprocess.run(
             [*RELAY, "dlq", "retry", ids[1]], env=relay_env, check=True, capture_output=True
         )
-        wait_for(lambda: len(remote.accepted()) == 4, 10, "the replay")
+        wait_until(lambda: len(remote.accepted()) == 4, 10, "the replay")
     assert remote.accepted()[-1]["id"] == ids[1]
 
 
@@ -176,7 +179,7 @@ def test_seed_scenario_flaky_remote(
     cfg = write_config(sink_config(remote.url))
     with running_agent(cfg):
         ids = push_all(cfg, 10)
-        wait_for(lambda: len(remote.accepted()) == 10, 30, "all 10 delivered")
+        wait_until(lambda: len(remote.accepted()) == 10, 30, "all 10 delivered")
     assert [e["id"] for e in remote.accepted()] == ids  # all, once each, in order
     for r in remote.received:  # every retry of an event carries that event's key
         assert r.headers["Idempotency-Key"] == r.events[0]["id"]
@@ -188,12 +191,12 @@ def test_batches_catch_up_after_an_outage(
 ) -> None:
     down = {"on": True}
     remote.respond = lambda r, n: Reply(503 if down["on"] else 200)
-    cfg = write_config(sink_config(remote.url, "batch_max = 50\n"))
+    cfg = write_config(sink_config(remote.url, batch_max=50))
     with running_agent(cfg):
         push_all(cfg, 120)
-        wait_for(lambda: len(remote.received) >= 2, 10)
+        wait_until(lambda: len(remote.received) >= 2, 10)
         down["on"] = False
-        wait_for(lambda: len(remote.accepted()) == 120, 10)
+        wait_until(lambda: len(remote.accepted()) == 120, 10)
     assert ns(remote.accepted()) == list(range(120))
     ok = [r for r in remote.received if r.status == 200]
     assert len(ok) <= 4 and max(len(r.events) for r in ok) == 50
@@ -213,7 +216,7 @@ def test_push_reaches_the_sink_without_polling(
                 [*RELAY, "push", f"e{i}", "--config", str(cfg)], check=True, capture_output=True
             )
             returned = time.monotonic()
-            wait_for(lambda i=i: len(remote.accepted()) == i + 1, 5, "delivery")
+            wait_until(lambda i=i: len(remote.accepted()) == i + 1, 5, "delivery")
             latencies.append(remote.received[-1].at - returned)
             assert remote.received[-1].at > started
     print(
@@ -227,10 +230,10 @@ def test_dead_letter_reason_names_the_status_and_body(
     remote: RemoteServer, write_config: Callable[..., Path]
 ) -> None:
     remote.respond = lambda r, n: Reply(422, body=b"unknown device")
-    cfg = write_config(sink_config(remote.url, "max_retries = 0\n"))
+    cfg = write_config(sink_config(remote.url, max_retries=0))
     with running_agent(cfg) as agent:
         push_all(cfg, 1)
-        wait_for(lambda: bool(spool_of(agent).dead_letters()), 10)
+        wait_until(lambda: bool(spool_of(agent).dead_letters()), 10)
         [dl] = spool_of(agent).dead_letters()
     assert dl.reason.startswith("HTTP 422 from 127.0.0.1:") and "unknown device" in dl.reason
     assert Event.from_json(dl.body).payload == {"n": 0}

@@ -4,7 +4,7 @@ each answer maps to transient or permanent."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from email.utils import formatdate
 from pathlib import Path
 
@@ -18,20 +18,32 @@ from relay.event import Event
 from relay.sinks.http import HttpSink
 
 Handler = Callable[[httpx.Request], httpx.Response]
+MakeSink = Callable[..., HttpSink]
 
 
-def sink(handler: Handler, **cfg: object) -> HttpSink:
-    config = HttpSinkConfig.model_validate(
-        {"name": "cloud", "type": "http", "url": "https://hooks.example.com/relay", **cfg}
-    )
-    return HttpSink(config, transport=httpx.MockTransport(handler))
+@pytest.fixture
+def sink() -> Iterator[MakeSink]:
+    """``sink(handler, **config)``: an HttpSink on ``httpx.MockTransport(handler)``; every one
+    made is closed at the end of the test (each has a deadline thread and a client)."""
+    made: list[HttpSink] = []
+
+    def make(handler: Handler, **cfg: object) -> HttpSink:
+        config = HttpSinkConfig.model_validate(
+            {"name": "cloud", "type": "http", "url": "https://hooks.example.com/relay", **cfg}
+        )
+        made.append(HttpSink(config, transport=httpx.MockTransport(handler)))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
 
 
 def ev(n: int) -> Event:
     return Event.new(node="hall-pi", source="mqtt", name="home/hall/door", payload={"n": n})
 
 
-def test_posts_the_event_json_with_its_headers() -> None:
+def test_posts_the_event_json_with_its_headers(sink: MakeSink) -> None:
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -51,7 +63,7 @@ def test_posts_the_event_json_with_its_headers() -> None:
     assert r.headers["X-Home"] == "hall"
 
 
-def test_batch_is_a_json_array_with_a_stable_key() -> None:
+def test_batch_is_a_json_array_with_a_stable_key(sink: MakeSink) -> None:
     seen: list[httpx.Request] = []
     s = sink(lambda r: seen.append(r) or httpx.Response(200))  # type: ignore[func-returns-value]
     batch = [ev(i) for i in range(3)]
@@ -64,18 +76,26 @@ def test_batch_is_a_json_array_with_a_stable_key() -> None:
 
 
 @pytest.mark.parametrize("status", [200, 201, 202, 204, 299])
-def test_2xx_is_success(status: int) -> None:
-    sink(lambda r: httpx.Response(status)).send([ev(0)])
+def test_2xx_is_success(sink: MakeSink, status: int) -> None:
+    """Taken: send returns (the forwarder acks), after one request, not retried in the sink."""
+    answered: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        answered.append(status)
+        return httpx.Response(status)
+
+    assert sink(handler).send([ev(0)]) is None  # type: ignore[func-returns-value]
+    assert answered == [status]
 
 
 @pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503, 504, 599])
-def test_transient_statuses(status: int) -> None:
+def test_transient_statuses(sink: MakeSink, status: int) -> None:
     with pytest.raises(TransientError, match=f"HTTP {status} from hooks.example.com"):
         sink(lambda r: httpx.Response(status, text="busy")).send([ev(0)])
 
 
 @pytest.mark.parametrize("status", [301, 302, 304, 400, 401, 403, 404, 409, 410, 413, 422])
-def test_permanent_statuses_keep_a_body_excerpt(status: int) -> None:
+def test_permanent_statuses_keep_a_body_excerpt(sink: MakeSink, status: int) -> None:
     body = "field 'payload' is bad " + "x" * 1000
     with pytest.raises(PermanentError) as info:
         sink(lambda r: httpx.Response(status, text=body)).send([ev(0)])
@@ -84,7 +104,7 @@ def test_permanent_statuses_keep_a_body_excerpt(status: int) -> None:
     assert len(message) < 400
 
 
-def test_retry_after_seconds_and_date() -> None:
+def test_retry_after_seconds_and_date(sink: MakeSink) -> None:
     with pytest.raises(TransientError) as info:
         sink(lambda r: httpx.Response(429, headers={"Retry-After": "2"})).send([ev(0)])
     assert info.value.retry_after == 2.0
@@ -96,7 +116,7 @@ def test_retry_after_seconds_and_date() -> None:
     assert info.value.retry_after is not None and 25 < info.value.retry_after <= 30
 
 
-def test_connection_errors_are_transient() -> None:
+def test_connection_errors_are_transient(sink: MakeSink) -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("[Errno 111] Connection refused")
 
@@ -111,7 +131,9 @@ def test_connection_errors_are_transient() -> None:
 
 
 @pytest.mark.parametrize("timeout", [httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout])
-def test_httpx_timeouts_say_what_the_deadline_says(timeout: type[httpx.TimeoutException]) -> None:
+def test_httpx_timeouts_say_what_the_deadline_says(
+    sink: MakeSink, timeout: type[httpx.TimeoutException]
+) -> None:
     """httpx's per-operation timeout equals timeout_s and can fire a hair before relay's
     total deadline when the first read hangs: the message is the deadline's either way (the
     partition test matches on it)."""
@@ -123,7 +145,7 @@ def test_httpx_timeouts_say_what_the_deadline_says(timeout: type[httpx.TimeoutEx
         sink(slow).send([ev(0)])
 
 
-def test_token_from_file(tmp_path: Path) -> None:
+def test_token_from_file(sink: MakeSink, tmp_path: Path) -> None:
     (tmp_path / "token").write_text("s3cret\n")
     seen: list[httpx.Request] = []
     s = sink(lambda r: seen.append(r) or httpx.Response(200), token_file=str(tmp_path / "token"))  # type: ignore[func-returns-value]

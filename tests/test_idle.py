@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import toml
 from tests.helpers.common import RELAY
 
 WINDOW_S = 30
@@ -34,7 +35,7 @@ def wakeups_and_ticks(pid: int) -> tuple[int, int, int]:
 def test_idle_agent_does_not_wake_up(
     write_config: Callable[..., Path], relay_env: dict[str, str]
 ) -> None:
-    cfg = write_config('[[sinks]]\nname = "cloud"\ntype = "http"\nurl = "http://127.0.0.1:9/"\n')
+    cfg = write_config(toml.http_sink("http://127.0.0.1:9/"))
     with subprocess.Popen(
         [*RELAY, "run", "--config", str(cfg)], stderr=subprocess.PIPE, text=True, env=relay_env
     ) as proc:

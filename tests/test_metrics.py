@@ -27,11 +27,12 @@ from relay.event import Event
 from relay.metrics.prometheus import UNKNOWN_DEVICE, PrometheusMetrics
 from relay.spool import Spool
 from relay.spool.model import Tallies
-from tests.helpers.agent import wait_for
+from tests.helpers import toml
 from tests.helpers.brokers import PrivateMosquitto, free_port
 from tests.helpers.common import RELAY
 from tests.helpers.http_server import Received, RemoteServer, Reply
 from tests.helpers.mqtt import Publisher, unique
+from tests.helpers.wait import wait_until
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -79,7 +80,7 @@ def relay_run(cfg: Path, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen
         assert proc.stderr is not None
         threading.Thread(target=lambda: lines.extend(proc.stderr or ()), daemon=True).start()
         try:
-            wait_for(
+            wait_until(
                 lambda: any("relay started" in line for line in lines) or proc.poll() is not None,
                 30,
                 "relay started",
@@ -120,23 +121,22 @@ def test_counters_match_a_known_run(
         RemoteServer(respond) as remote,
     ):
         cfg = write_config(
-            f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
-            f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\nclient_id = "{unique()}"\n'
-            f'[[sources]]\ntype = "mqtt"\ntopics = ["{topic}/#"]\nmax_payload = "1KiB"\n'
-            f'[[sinks]]\nname = "cloud"\ntype = "http"\nurl = "{remote.url}"\n'
-            'max_retries = 1\nretry_initial = "10ms"\nretry_max = "50ms"\n'
+            toml.metrics(f"127.0.0.1:{port}"),
+            toml.mqtt(broker.port, client_id=unique()),
+            toml.mqtt_source(f"{topic}/#", max_payload="1KiB"),
+            toml.http_sink(remote.url, max_retries=1, retry_initial="10ms", retry_max="50ms"),
         )
         # Written into the spool file by this process, as `relay push` does, agent stopped.
         for name in ("before 1", "poison", "before 2"):
             relay.push(name, config_path=cfg)
         with relay_run(cfg, relay_env) as (proc, lines), Publisher(port=broker.port) as pub:
-            wait_for(lambda: any("mqtt: subscribed" in line for line in lines), 10, "subscribed")
+            wait_until(lambda: any("mqtt: subscribed" in line for line in lines), 10, "subscribed")
             mids = [pub.publish(f"{topic}/{n}", json.dumps({"n": n})) for n in range(3)]
             mids.append(pub.publish(f"{topic}/big", b"x" * 2000))  # over max_payload
             relay.push("during", config_path=cfg)  # the agent is woken through its doorbell
             pub.wait(mids)
-            wait_for(lambda: len(remote.accepted()) == 6, 20, "6 events delivered")
-            wait_for(
+            wait_until(lambda: len(remote.accepted()) == 6, 20, "6 events delivered")
+            wait_until(
                 lambda: value(scrape(port), "relay_events_dead_lettered_total", sink="cloud") == 1,
                 10,
                 "the poison event dead-lettered",
@@ -144,14 +144,14 @@ def test_counters_match_a_known_run(
             first = scrape(port)
 
             broker.restart()  # everything above is acked: nothing comes twice
-            wait_for(
+            wait_until(
                 lambda: value(scrape(port), "relay_reconnects_total", connection="mqtt") == 1,
                 20,
                 "the MQTT reconnect",
             )
             pub.wait([pub.publish(f"{topic}/after", "1")], timeout=20)  # paho reconnects too
-            wait_for(lambda: len(remote.accepted()) == 7, 20, "the 7th event delivered")
-            wait_for(
+            wait_until(lambda: len(remote.accepted()) == 7, 20, "the 7th event delivered")
+            wait_until(
                 lambda: value(scrape(port), "relay_events_delivered_total", sink="cloud") == 7,
                 10,
             )
@@ -190,7 +190,7 @@ def test_an_idle_agent_serving_metrics_does_not_wake_up(
     """P7 with the endpoint on: its thread sleeps in select() until a scrape comes (the
     library's serve_forever() would wake twice a second)."""
     port = free_port()
-    cfg = write_config(f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    cfg = write_config(toml.metrics(f"127.0.0.1:{port}"))
     with relay_run(cfg, relay_env) as (proc, _):
         scrape(port)
         time.sleep(0.5)  # the scrape's thread ends
@@ -217,10 +217,10 @@ def test_without_metrics_no_port_is_opened(
     write_config: Callable[..., Path], relay_env: dict[str, str]
 ) -> None:
     with RemoteServer() as remote:
-        cfg = write_config(f'[[sinks]]\nname = "cloud"\ntype = "http"\nurl = "{remote.url}"\n')
+        cfg = write_config(toml.http_sink(remote.url))
         with relay_run(cfg, relay_env) as (proc, _):
             relay.push("hello", config_path=cfg)
-            wait_for(lambda: len(remote.accepted()) == 1, 10, "the event delivered")
+            wait_until(lambda: len(remote.accepted()) == 1, 10, "the event delivered")
             assert listening_ports(proc.pid) == set()
 
 
@@ -242,7 +242,7 @@ def test_a_port_in_use_stops_relay_with_one_line(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        cfg = write_config(f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+        cfg = write_config(toml.metrics(f"127.0.0.1:{port}"))
         done = subprocess.run(
             [*RELAY, "run", "--config", str(cfg)],
             capture_output=True,
@@ -279,7 +279,7 @@ def test_a_port_in_use_stops_relay_with_one_line(
 def test_a_bad_listen_is_one_line_naming_the_key(
     write_config: Callable[..., Path], listen: str
 ) -> None:
-    path = write_config(f'[metrics]\nlisten = "{listen}"\n')
+    path = write_config(toml.metrics(listen))
     with pytest.raises(ConfigError) as info:
         config.load(path)
     [line] = info.value.problems

@@ -24,11 +24,13 @@ from relay.config import MqttConfig, MqttSourceConfig
 from relay.mqtt.connection import MqttConnection
 from relay.sources.mqtt import MqttSource
 from relay.spool import INGEST_REJECTS, Spool
-from tests.helpers.agent import running_agent, wait_for
+from tests.helpers import toml
+from tests.helpers.agent import running_agent
 from tests.helpers.brokers import PrivateMosquitto
 from tests.helpers.common import RELAY, need_service
 from tests.helpers.http_server import RemoteServer, Reply
 from tests.helpers.mqtt import Publisher, spooled, unique
+from tests.helpers.wait import wait_until
 
 
 @pytest.fixture
@@ -43,14 +45,6 @@ def private_broker(tmp_path: Path) -> Iterator[PrivateMosquitto]:
         yield b
 
 
-def mqtt_config(port: int, topic: str, client_id: str, extra: str = "", source: str = "") -> str:
-    return (
-        f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nclient_id = "{client_id}"\n'
-        f"keepalive_s = 10\n{extra}"
-        f'[[sources]]\ntype = "mqtt"\ntopics = ["{topic}/#"]\nqos = 1\n{source}'
-    )
-
-
 def connection_of(agent: Agent) -> MqttConnection:
     return next(c for c in agent.components if isinstance(c, MqttConnection))
 
@@ -58,11 +52,33 @@ def connection_of(agent: Agent) -> MqttConnection:
 def subscribed(agent: Agent) -> None:
     """Wait until the broker confirmed the source's subscriptions: what is published
     before that has no subscriber to be queued for."""
-    wait_for(connection_of(agent).subscribed.is_set, 10, "the subscription")
+    wait_until(connection_of(agent).subscribed.is_set, 10, "the subscription")
 
 
 def numbers(state_dir: Path, topic: str) -> list[int]:
-    return [e["payload"]["n"] for e in spooled(state_dir) if e["name"].startswith(topic)]
+    """The numbers spooled from under ``topic``, in spool order (markers left out)."""
+    return [
+        e["payload"]["n"]
+        for e in spooled(state_dir)
+        if e["name"].startswith(topic) and e["name"] != marker_of(topic)
+    ]
+
+
+def marker_of(topic: str) -> str:
+    return f"{topic}/marker"
+
+
+def markers(state_dir: Path, topic: str) -> int:
+    return sum(e["name"] == marker_of(topic) for e in spooled(state_dir))
+
+
+def marker_spooled(pub: Publisher, topic: str, state_dir: Path) -> None:
+    """Publish a marker after everything else and wait until it is spooled: MQTT keeps the
+    order of one session's messages, so whatever the broker had for relay before it (say, a
+    message sent again) is spooled by then too. Instead of waiting a while for nothing."""
+    before = markers(state_dir, topic)
+    pub.wait([pub.publish(marker_of(topic), b"marker")])
+    wait_until(lambda: markers(state_dir, topic) > before, 10, "the marker")
 
 
 def publish_numbered(pub: Publisher, topic: str, ns: range, pause: float = 0.0) -> list[int]:
@@ -78,14 +94,14 @@ def test_2000_messages_all_spooled_once_in_order(
     broker: tuple[str, int], write_config: Callable[..., Path], state_dir: Path
 ) -> None:
     topic, cid = unique("relaytest/"), unique("relay-test-")
-    cfg = write_config(mqtt_config(broker[1], topic, cid))
+    cfg = write_config(toml.mqtt_in(broker[1], topic, client_id=cid))
     with running_agent(cfg) as agent, Publisher(*broker) as pub:
         subscribed(agent)
         # Paced: the shared Mosquitto keeps at most 1000 messages queued for a subscriber
         # (max_queued_messages) and silently drops the rest when a burst outruns it.
         pub.wait(publish_numbered(pub, topic, range(2000), pause=0.0005))
         try:
-            wait_for(lambda: len(numbers(state_dir, topic)) >= 2000, 30, "2000 events")
+            wait_until(lambda: len(numbers(state_dir, topic)) >= 2000, 30, "2000 events")
         except AssertionError:
             got = numbers(state_dir, topic)
             missing = sorted(set(range(2000)) - set(got))
@@ -94,22 +110,23 @@ def test_2000_messages_all_spooled_once_in_order(
     event = spooled(state_dir)[0]
     assert (event["source"], event["name"], event["node"]) == ("mqtt", f"{topic}/seq", "test-node")
     # Every message was acknowledged: a restart with the same session receives nothing again.
-    with running_agent(cfg):
-        time.sleep(1.0)
+    with running_agent(cfg), Publisher(*broker) as pub:
+        marker_spooled(pub, topic, state_dir)
     assert numbers(state_dir, topic) == list(range(2000))
+    assert [e["name"] for e in spooled(state_dir)][2000:] == [marker_of(topic)]
 
 
 def test_messages_sent_while_stopped_arrive_after_start(
     broker: tuple[str, int], write_config: Callable[..., Path], state_dir: Path
 ) -> None:
     topic, cid = unique("relaytest/"), unique("relay-test-")
-    cfg = write_config(mqtt_config(broker[1], topic, cid))
+    cfg = write_config(toml.mqtt_in(broker[1], topic, client_id=cid))
     with running_agent(cfg) as agent:
         subscribed(agent)
     with Publisher(*broker) as pub:
         pub.wait(publish_numbered(pub, topic, range(500)))
     with running_agent(cfg):
-        wait_for(lambda: len(numbers(state_dir, topic)) >= 500, 20, "the 500 queued messages")
+        wait_until(lambda: len(numbers(state_dir, topic)) >= 500, 20, "the 500 queued messages")
     assert numbers(state_dir, topic) == list(range(500))
 
 
@@ -118,14 +135,14 @@ def test_mqtt5_session_keeps_messages_while_stopped(
 ) -> None:
     topic, cid = unique("relaytest/"), unique("relay-test-")
     cfg = write_config(
-        mqtt_config(broker[1], topic, cid, 'protocol = "5"\nsession_expiry = "1h"\n')
+        toml.mqtt_in(broker[1], topic, client_id=cid, protocol="5", session_expiry="1h")
     )
     with running_agent(cfg) as agent:
         subscribed(agent)
     with Publisher(*broker) as pub:
         pub.wait(publish_numbered(pub, topic, range(50)))
     with running_agent(cfg):
-        wait_for(lambda: len(numbers(state_dir, topic)) >= 50, 20)
+        wait_until(lambda: len(numbers(state_dir, topic)) >= 50, 20)
     assert numbers(state_dir, topic) == list(range(50))
 
 
@@ -134,7 +151,7 @@ def test_availability_topic_online_then_offline(
 ) -> None:
     topic, cid = unique("relaytest/"), unique("relay-test-")
     status = f"relay/{unique('node-')}/status"
-    cfg = write_config(mqtt_config(broker[1], topic, cid, f'status_topic = "{status}"\n'))
+    cfg = write_config(toml.mqtt_in(broker[1], topic, client_id=cid, status_topic=status))
     seen: list[tuple[bytes, bool]] = []
     watcher = mqtt.Client(CallbackAPIVersion.VERSION2)
     watcher.on_message = lambda c, u, m: seen.append((m.payload, m.retain))
@@ -143,8 +160,8 @@ def test_availability_topic_online_then_offline(
     watcher.loop_start()
     try:
         with running_agent(cfg):
-            wait_for(lambda: any(p == b"online" for p, _ in seen), 10, "online")
-        wait_for(lambda: seen[-1][0] == b"offline", 10, "offline")
+            wait_until(lambda: any(p == b"online" for p, _ in seen), 10, "online")
+        wait_until(lambda: seen[-1][0] == b"offline", 10, "offline")
     finally:
         watcher.loop_stop()
         watcher.disconnect()
@@ -156,7 +173,7 @@ def test_availability_topic_online_then_offline(
     other.subscribe(status)
     other.loop_start()
     try:
-        wait_for(lambda: late == [b"offline"], 5, "the retained status")
+        wait_until(lambda: late == [b"offline"], 5, "the retained status")
     finally:
         other.loop_stop()
         other.publish(status, b"", retain=True)  # clean up the retained message
@@ -186,7 +203,7 @@ def test_kill_9_while_publishing_loses_nothing(
     relay_env: dict[str, str],
 ) -> None:
     topic, cid = unique("relaytest/"), unique("relay-test-")
-    cfg = write_config(mqtt_config(private_broker.port, topic, cid))
+    cfg = write_config(toml.mqtt_in(private_broker.port, topic, client_id=cid))
     total, rng = 5000, random.Random()
     proc = _agent_proc(cfg, relay_env, until="mqtt: subscribed")
     with Publisher(private_broker.host, private_broker.port) as pub:
@@ -207,7 +224,7 @@ def test_kill_9_while_publishing_loses_nothing(
                 proc = _agent_proc(cfg, relay_env)
             publisher.join()
             pub.wait(mids)
-            wait_for(lambda: len(set(numbers(state_dir, topic))) == total, 60, "every message")
+            wait_until(lambda: len(set(numbers(state_dir, topic))) == total, 60, "every message")
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
@@ -225,7 +242,7 @@ def test_broker_restart_mid_stream(
     private_broker: PrivateMosquitto, write_config: Callable[..., Path], state_dir: Path
 ) -> None:
     topic, cid = unique("relaytest/"), unique("relay-test-")
-    cfg = write_config(mqtt_config(private_broker.port, topic, cid))
+    cfg = write_config(toml.mqtt_in(private_broker.port, topic, client_id=cid))
     with running_agent(cfg) as agent:
         source = connection_of(agent)
         subscribed(agent)
@@ -234,7 +251,7 @@ def test_broker_restart_mid_stream(
         private_broker.restart()  # SIGTERM: mosquitto saves its persistence file first
         with Publisher(private_broker.host, private_broker.port) as pub:
             pub.wait(publish_numbered(pub, topic, range(1000, 2000)))
-        wait_for(lambda: len(set(numbers(state_dir, topic))) >= 2000, 60, "ingest to resume")
+        wait_until(lambda: len(set(numbers(state_dir, topic))) >= 2000, 60, "ingest to resume")
         assert source.connected.is_set()  # type: ignore[attr-defined]
     got = list(dict.fromkeys(numbers(state_dir, topic)))
     assert got == list(range(2000))
@@ -252,12 +269,12 @@ def test_bad_payloads_do_not_hurt(
     relay_env: dict[str, str],
 ) -> None:
     topic, cid = unique("relaytest/"), unique("relay-test-")
-    cfg = write_config(mqtt_config(broker[1], topic, cid))
+    cfg = write_config(toml.mqtt_in(broker[1], topic, client_id=cid))
     proc = _agent_proc(cfg, relay_env, until="mqtt: subscribed")
     try:
         with Publisher(*broker) as pub:
             pub.wait([pub.publish(f"{topic}/warmup", b"{}")])
-            wait_for(lambda: len(spooled(state_dir)) == 1, 10)
+            wait_until(lambda: len(spooled(state_dir)) == 1, 10)
             rss_before = _rss_kb(proc.pid)
             rng = random.Random(5)
             mids = [
@@ -267,10 +284,10 @@ def test_bad_payloads_do_not_hurt(
             mids.append(pub.publish(f"{topic}/big", os.urandom(10 * 1024 * 1024)))
             mids.append(pub.publish(f"{topic}/binary", b"\xff\xfe\x00 not utf-8"))
             pub.wait(mids)
-            wait_for(lambda: len(spooled(state_dir)) == 1002, 20, "the junk to be spooled")
+            wait_until(lambda: len(spooled(state_dir)) == 1002, 20, "the junk to be spooled")
             sent = time.monotonic()
             pub.wait([pub.publish(f"{topic}/good", b'{"n": 1}')])
-            wait_for(
+            wait_until(
                 lambda: spooled(state_dir)[-1]["name"] == f"{topic}/good",
                 1.0,
                 "the next good message within 1 s",
@@ -324,10 +341,9 @@ def test_spool_full_holds_messages_at_the_broker(
     down = {"on": True}
     with RemoteServer(lambda r, n: Reply(503 if down["on"] else 200)) as remote:
         cfg = write_config(
-            '[spool]\nmax_size = "12KB"\n'
-            f'[[sinks]]\nname = "cloud"\ntype = "http"\nurl = "{remote.url}"\n'
-            'retry_initial = "100ms"\nretry_max = "300ms"\n'
-            + mqtt_config(private_broker.port, topic, cid)
+            toml.spool(max_size="12KB"),
+            toml.http_sink(remote.url, retry_initial="100ms", retry_max="300ms"),
+            toml.mqtt_in(private_broker.port, topic, client_id=cid),
         )
         with (
             running_agent(cfg) as agent,
@@ -335,7 +351,7 @@ def test_spool_full_holds_messages_at_the_broker(
         ):
             subscribed(agent)  # a new session: what is published before SUBACK goes nowhere
             pub.wait(publish_numbered(pub, topic, range(200)))  # ~200 B each: ~4x the cap
-            wait_for(
+            wait_until(
                 lambda: "spool full" in (connection_of(agent).last_error or ""),
                 20,
                 "the source to notice the full spool",
@@ -343,7 +359,7 @@ def test_spool_full_holds_messages_at_the_broker(
             held = len(set(numbers(state_dir, topic)))
             assert 0 < held < 200
             down["on"] = False  # the sink recovers, the spool drains, ingest resumes
-            wait_for(
+            wait_until(
                 lambda: len({e["payload"]["n"] for e in remote.accepted()}) == 200,
                 60,
                 "all 200 delivered",
@@ -362,27 +378,34 @@ def test_a_restart_does_not_ingest_retained_messages_again(
     with other filters it does, and gets the retained messages of the new filter (and, in
     MQTT 3.1.1, those of the old ones again: a changed config may repeat them once)."""
     topic, cid = unique("relaytest/"), unique("relay-test-")
-    extra = f'protocol = "{protocol}"\nsession_expiry = "1h"\n'
-    cfg = write_config(mqtt_config(broker[1], topic, cid, extra))
+    session = {"protocol": protocol, "session_expiry": "1h"}
+    cfg = write_config(toml.mqtt_in(broker[1], topic, client_id=cid, **session))
     with Publisher(*broker) as pub:
         pub.wait([pub.publish(f"{topic}/door", "open", retain=True)])
         pub.wait([pub.publish(f"{topic}-other/lamp", "on", retain=True)])
     try:
         for _ in range(3):
-            with running_agent(cfg) as agent:
+            with running_agent(cfg) as agent, Publisher(*broker) as pub:
                 subscribed(agent)
-                wait_for(lambda: any(e["name"] == f"{topic}/door" for e in spooled(state_dir)), 10)
-                time.sleep(0.3)  # a resent retained message would arrive by now
-        assert [e["name"] for e in spooled(state_dir)] == [f"{topic}/door"]
+                wait_until(
+                    lambda: any(e["name"] == f"{topic}/door" for e in spooled(state_dir)), 10
+                )
+                marker_spooled(pub, topic, state_dir)  # a resent retained one came before
+        # The door once, and nothing between the markers of the three runs.
+        assert [e["name"] for e in spooled(state_dir)] == [f"{topic}/door"] + [marker_of(topic)] * 3
         # Another filter: subscribed again, and its retained message arrives.
         cfg = write_config(
-            mqtt_config(broker[1], topic, cid, extra, f'[[sources]]\ntype = "mqtt"\n'
-                        f'topics = ["{topic}-other/#"]\nqos = 1\n')
-        )  # fmt: skip
-        with running_agent(cfg) as agent:
+            toml.mqtt_in(broker[1], topic, client_id=cid, **session),
+            toml.mqtt_source(f"{topic}-other/#", qos=1),
+        )
+        with running_agent(cfg) as agent, Publisher(*broker) as pub:
             subscribed(agent)
-            wait_for(lambda: len(spooled(state_dir)) >= 2, 10, "the new filter's retained")
-            time.sleep(0.3)
+            wait_until(
+                lambda: any(e["name"] == f"{topic}-other/lamp" for e in spooled(state_dir)),
+                10,
+                "the new filter's retained",
+            )
+            marker_spooled(pub, topic, state_dir)
         names = [e["name"] for e in spooled(state_dir)]
         assert names[0] == f"{topic}/door" and names.count(f"{topic}-other/lamp") == 1
     finally:

@@ -28,19 +28,19 @@ from relay.event import Event
 from relay.metrics.prometheus import PrometheusMetrics
 from relay.sinks.redis import RedisSink
 from relay.spool import Spool
-from tests.helpers.agent import running_agent, spool_of, wait_for
+from tests.helpers import toml
+from tests.helpers.agent import running_agent, spool_of
 from tests.helpers.brokers import REDIS_SERVER, PrivateRedis, binary_missing, free_port
-from tests.helpers.common import RELAY, REQUIRE_BROKERS, need_service
+from tests.helpers.common import RELAY, REQUIRE_BROKERS, need_service, read_until, sink_status
+from tests.helpers.wait import wait_until
 
 REDIS = "redis://127.0.0.1:6379/0"
-FAST_RETRY = 'retry_initial = "50ms"\nretry_max = "500ms"\n'
+FAST_RETRY = {"retry_initial": "50ms", "retry_max": "500ms"}
 
 
-def sink_config(url: str, stream: str, extra: str = "") -> str:
-    return (
-        f'[[sinks]]\nname = "work"\ntype = "redis"\nurl = "{url}"\nstream = "{stream}"\n'
-        f"{FAST_RETRY}{extra}"
-    )
+def sink_config(url: str, stream: str, **keys: object) -> str:
+    """The "work" sink to ``stream`` at ``url``, retrying fast unless ``keys`` say otherwise."""
+    return toml.redis_sink(url, stream, **{**FAST_RETRY, **keys})
 
 
 def put(spool: Spool, n: int, start: int = 0) -> list[str]:
@@ -157,7 +157,7 @@ def test_2000_events_arrive_once_each_in_order(
         ids: list[str] = []
         for i in range(0, 2000, 100):  # a stream, while the forwarder drains
             ids += put(spool_of(agent), 100, start=i)
-        wait_for(lambda: depth(agent) == 0, 20, "the spool to drain")
+        wait_until(lambda: depth(agent) == 0, 20, "the spool to drain")
     found = entries(shared, stream)
     assert len(found) == 2000 and check_delivery(found, ids) == 0
     assert [json.loads(f[b"event"])["payload"]["n"] for f in found] == list(range(2000))
@@ -179,10 +179,10 @@ def test_the_event_field_is_the_http_body(shared: redis.Redis, stream: str) -> N
 
 @pytest.mark.broker
 def test_window_of_one(shared: redis.Redis, stream: str, write_config: Callable[..., Path]) -> None:
-    cfg = write_config(sink_config(REDIS, stream, "window = 1\n"))
+    cfg = write_config(sink_config(REDIS, stream, window=1))
     with running_agent(cfg) as agent:
         ids = put(spool_of(agent), 200)
-        wait_for(lambda: depth(agent) == 0, 20, "the spool to drain")
+        wait_until(lambda: depth(agent) == 0, 20, "the spool to drain")
     assert check_delivery(entries(shared, stream), ids) == 0
 
 
@@ -208,11 +208,11 @@ def test_wrongtype_is_dead_lettered_with_the_reason_and_the_next_events_flow(
     shared: redis.Redis, stream: str, write_config: Callable[..., Path]
 ) -> None:
     shared.set(stream, "not a stream")  # someone else's key, of another type
-    cfg = write_config(sink_config(REDIS, stream, "max_retries = 0\n"))
+    cfg = write_config(sink_config(REDIS, stream, max_retries=0))
     with running_agent(cfg) as agent:
         spool = spool_of(agent)
         refused = put(spool, 3)
-        wait_for(lambda: len(spool.dead_letters()) == 3, 10, "three dead letters")
+        wait_until(lambda: len(spool.dead_letters()) == 3, 10, "three dead letters")
         dead = spool.dead_letters()
         assert [d.event_id for d in dead] == refused
         assert dead[0].reason.startswith(
@@ -221,10 +221,10 @@ def test_wrongtype_is_dead_lettered_with_the_reason_and_the_next_events_flow(
         )
         shared.delete(stream)  # the operator moves the other key away
         ids = put(spool, 5, start=3)
-        wait_for(lambda: depth(agent) == 0, 10, "the next events")
+        wait_until(lambda: depth(agent) == 0, 10, "the next events")
         assert check_delivery(entries(shared, stream), ids) == 0
         spool.redeliver()  # relay dlq retry
-        wait_for(lambda: depth(agent) == 0 and not spool.dead_letters(), 10, "the replay")
+        wait_until(lambda: depth(agent) == 0 and not spool.dead_letters(), 10, "the replay")
     assert check_delivery(entries(shared, stream), ids + refused) == 0
 
 
@@ -240,7 +240,7 @@ def test_wrong_password_is_transient_and_never_shown(
     with running_agent(cfg) as agent:
         spool = spool_of(agent)
         put(spool, 3)
-        wait_for(lambda: spool.stats().sinks[0].attempts >= 2, 10, "two attempts")
+        wait_until(lambda: spool.stats().sinks[0].attempts >= 2, 10, "two attempts")
         [sink] = spool.stats().sinks
         assert not spool.dead_letters() and sink.depth == 3  # they wait for a good password
     assert sink.last_error is not None
@@ -353,7 +353,7 @@ def test_redis_restart_mid_stream_loses_nothing(
     private: PrivateRedis, write_config: Callable[..., Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="relay")
-    cfg = write_config(sink_config(private.url, "events", "timeout_s = 2\n"))
+    cfg = write_config(sink_config(private.url, "events", timeout_s=2))
     ids: list[str] = []
     stop = threading.Event()
     with running_agent(cfg) as agent:
@@ -367,37 +367,19 @@ def test_redis_restart_mid_stream_loses_nothing(
         pusher = threading.Thread(target=stream)
         pusher.start()
         try:
-            wait_for(lambda: spool.stats().sinks[0].delivered >= 500, 20, "a first delivery")
+            wait_until(lambda: spool.stats().sinks[0].delivered >= 500, 20, "a first delivery")
             private.restart()  # SIGTERM: Redis writes its append-only file and exits
             time.sleep(0.3)  # the stream goes on a little after the server is back
         finally:
             stop.set()
             pusher.join()
-        wait_for(lambda: depth(agent) == 0, 30, "the drain after the restart")
+        wait_until(lambda: depth(agent) == 0, 30, "the drain after the restart")
     with redis.Redis.from_url(private.url) as client:
         duplicates = check_delivery(entries(client, "events"), ids)
     logs = [r.getMessage() for r in caplog.records if r.name.startswith("relay")]
     assert any("cannot reach Redis" in m for m in logs), logs  # the outage was met
     assert len([m for m in logs if "connected to Redis" in m]) == 2, logs
     print(f"Redis restart: {len(ids)} events, {duplicates} duplicates")
-
-
-def _status(env: dict[str, str], cfg: Path) -> dict[str, Any]:
-    out = subprocess.run(
-        [*RELAY, "status", "--json", "--config", str(cfg)],
-        capture_output=True, text=True, env=env, check=True,
-    ).stdout  # fmt: skip
-    return dict(json.loads(out)["sinks"][0])
-
-
-def _wait_for_line(proc: subprocess.Popen[str], text: str) -> None:
-    assert proc.stderr is not None
-    lines = []
-    for line in proc.stderr:
-        lines.append(line)
-        if text in line:
-            return
-    raise AssertionError(f"the agent exited before {text!r}:\n" + "".join(lines))
 
 
 @pytest.mark.broker
@@ -416,17 +398,17 @@ def test_kill_9_during_the_drain_loses_nothing(
     argv = [*RELAY, "run", "--config", str(cfg)]
     for _ in range(3):  # kill -9 at a random moment of the drain, three times
         with subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=relay_env) as proc:
-            _wait_for_line(proc, "connected to Redis")
+            read_until(proc, "connected to Redis")
             time.sleep(rng.uniform(0, 0.01))
             proc.kill()
             proc.wait()
     # The kills came mid-drain: entries were added (the log line follows the first window),
     # and events are left to deliver.
-    left, added = _status(relay_env, cfg)["depth"], shared.xlen(stream)
+    left, added = sink_status(relay_env, cfg)["depth"], shared.xlen(stream)
     assert left > 0 and added > 0
     with subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=relay_env) as proc:
-        _wait_for_line(proc, "relay started")
-        wait_for(lambda: _status(relay_env, cfg)["depth"] == 0, 30, "the final drain")
+        read_until(proc, "relay started")
+        wait_until(lambda: sink_status(relay_env, cfg)["depth"] == 0, 30, "the final drain")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     duplicates = check_delivery(entries(shared, stream), ids)

@@ -18,9 +18,10 @@ import pytest
 import relay
 from relay.event import Event
 from relay.spool import Spool
-from tests.helpers.agent import wait_for
+from tests.helpers import toml
 from tests.helpers.common import RELAY
 from tests.helpers.http_server import RemoteServer
+from tests.helpers.wait import wait_until
 
 
 class FakeSystemd:
@@ -86,13 +87,13 @@ def test_ready_status_watchdog_stopping(
     systemd: FakeSystemd, write_config: Callable[..., Path], relay_env: dict[str, str]
 ) -> None:
     with RemoteServer() as remote:
-        cfg = write_config(f'[[sinks]]\nname = "cloud"\ntype = "http"\nurl = "{remote.url}"\n')
+        cfg = write_config(toml.http_sink(remote.url))
         with start(cfg, relay_env, systemd) as proc:
-            wait_for(lambda: "READY=1" in systemd.texts(), 20, "READY=1")
-            wait_for(lambda: len(systemd.times("WATCHDOG=1")) >= 4, 10, "watchdog pings")
+            wait_until(lambda: "READY=1" in systemd.texts(), 20, "READY=1")
+            wait_until(lambda: len(systemd.times("WATCHDOG=1")) >= 4, 10, "watchdog pings")
             assert "STATUS=queued: cloud 0" in systemd.texts()
             relay.push("door opened", config_path=cfg)
-            wait_for(lambda: len(remote.accepted()) == 1, 10)
+            wait_until(lambda: len(remote.accepted()) == 1, 10)
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(20) == 0
     texts = systemd.texts()
@@ -108,13 +109,11 @@ def test_a_wedged_forwarder_stops_the_pings(
     systemd: FakeSystemd, write_config: Callable[..., Path], relay_env: dict[str, str]
 ) -> None:
     with RemoteServer() as remote:
-        cfg = write_config(
-            f'[[sinks]]\nname = "cloud"\ntype = "http"\nurl = "{remote.url}"\ntimeout_s = 1\n'
-        )
+        cfg = write_config(toml.http_sink(remote.url, timeout_s=1))
         # The forwarder's send never returns; its deadline is 1 s, so after 2*1+10 s of one
         # step the agent judges it wedged.
         with start(cfg, relay_env, systemd, RELAY_CRASHPOINT="forwarder.send") as proc:
-            wait_for(lambda: "READY=1" in systemd.texts(), 20, "READY=1")
+            wait_until(lambda: "READY=1" in systemd.texts(), 20, "READY=1")
             pushed = time.monotonic()
             relay.push("door opened", config_path=cfg)
             time.sleep(17)
@@ -135,9 +134,7 @@ def test_sigterm_during_a_backlog_drain(
 ) -> None:
     total = 20_000
     with RemoteServer() as remote:
-        cfg = write_config(
-            f'[[sinks]]\nname = "cloud"\ntype = "http"\nurl = "{remote.url}"\nbatch_max = 20\n'
-        )
+        cfg = write_config(toml.http_sink(remote.url, batch_max=20))
         with Spool.open(state_dir) as spool:
             spool.register_sinks(["cloud"])
             for i in range(0, total, 1000):
@@ -148,7 +145,7 @@ def test_sigterm_during_a_backlog_drain(
                     ]
                 )
         with start(cfg, relay_env, systemd) as proc:
-            wait_for(lambda: len(remote.accepted()) > 2000, 60, "the drain to be under way")
+            wait_until(lambda: len(remote.accepted()) > 2000, 60, "the drain to be under way")
             asked = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(30) == 0
@@ -156,7 +153,7 @@ def test_sigterm_during_a_backlog_drain(
         delivered = len({e["payload"] for e in remote.accepted()})
         assert delivered < total, "the drain finished before the signal: the test proves nothing"
         with start(cfg, relay_env, systemd) as proc:
-            wait_for(
+            wait_until(
                 lambda: len({e["payload"] for e in remote.accepted()}) == total,
                 120,
                 "the rest after the restart",
@@ -176,23 +173,23 @@ def test_sighup_reloads_the_config(
     systemd: FakeSystemd, write_config: Callable[..., Path], relay_env: dict[str, str]
 ) -> None:
     with RemoteServer() as first, RemoteServer() as second:
-        cfg = write_config(f'[[sinks]]\nname = "one"\ntype = "http"\nurl = "{first.url}"\n')
+        cfg = write_config(toml.http_sink(first.url, name="one"))
         with start(cfg, relay_env, systemd) as proc:
-            wait_for(lambda: "READY=1" in systemd.texts(), 20, "READY=1")
+            wait_until(lambda: "READY=1" in systemd.texts(), 20, "READY=1")
             body = cfg.read_text()
-            cfg.write_text(body + f'[[sinks]]\nname = "two"\ntype = "http"\nurl = "{second.url}"\n')
+            cfg.write_text(body + toml.http_sink(second.url, name="two"))
             proc.send_signal(signal.SIGHUP)
-            wait_for(lambda: systemd.texts().count("READY=1") == 2, 20, "READY=1 again")
+            wait_until(lambda: systemd.texts().count("READY=1") == 2, 20, "READY=1 again")
             relay.push("after reload", config_path=cfg)
-            wait_for(lambda: len(second.accepted()) == 1 and len(first.accepted()) == 1, 10)
+            wait_until(lambda: len(second.accepted()) == 1 and len(first.accepted()) == 1, 10)
             # A broken edit is reported and the running config kept.
             good = cfg.with_name("good.toml")
             good.write_text(cfg.read_text())
-            cfg.write_text(body + "[spool]\nwhen_full = 'sometimes'\n")
+            cfg.write_text(body + toml.spool(when_full="sometimes"))
             proc.send_signal(signal.SIGHUP)
-            wait_for(lambda: systemd.texts().count("READY=1") == 3, 20, "READY=1 a third time")
+            wait_until(lambda: systemd.texts().count("READY=1") == 3, 20, "READY=1 a third time")
             relay.push("still two sinks", config_path=good)
-            wait_for(lambda: len(second.accepted()) == 2, 10)
+            wait_until(lambda: len(second.accepted()) == 2, 10)
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(20) == 0
     assert systemd.texts().count("RELOADING=1") == 2

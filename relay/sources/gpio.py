@@ -9,7 +9,8 @@ it differs from the last one reported, so the last event always matches the pin.
 
 gpiozero calls back on its own threads; the event is put in the spool without waiting. A
 pin cannot be asked to send again, so an event the spool refuses (full, read-only) is logged
-at ERROR and counted. The pin factory is injected, never set globally.
+at ERROR and counted. The pin factory is injected, never set globally; so are the clock and
+the timer of the bounce window (tests step them by hand).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from gpiozero import DigitalInputDevice
 from gpiozero.pins import Factory
@@ -30,6 +32,23 @@ from relay.sources import Intake
 log = logging.getLogger(__name__)
 
 
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+# timer(delay, action): call ``action`` once, ``delay`` seconds on, unless cancelled. Never
+# from within the call itself: the edge that starts the timer holds the lock ``action`` takes.
+Timer = Callable[[float, Callable[[], None]], Cancellable]
+
+
+def thread_timer(delay: float, action: Callable[[], None]) -> Cancellable:
+    """A daemon ``threading.Timer``, started: it never keeps the process alive."""
+    timer = threading.Timer(delay, action)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 class _Input:
     """One watched pin and its debounce state."""
 
@@ -39,7 +58,7 @@ class _Input:
         self.lock = threading.Lock()
         self.reported: bool | None = None
         self.quiet_until = float("-inf")  # monotonic end of the bounce window
-        self.timer: threading.Timer | None = None
+        self.timer: Cancellable | None = None
 
 
 class GpioSource:
@@ -48,12 +67,21 @@ class GpioSource:
     last_error: str | None = None  # a lost edge is logged (and counted in ``lost``)
 
     def __init__(
-        self, cfgs: list[GpioSourceConfig], spool: Intake, *, node: str, pin_factory: Factory
+        self,
+        cfgs: list[GpioSourceConfig],
+        spool: Intake,
+        *,
+        node: str,
+        pin_factory: Factory,
+        clock: Callable[[], float] = time.monotonic,
+        timer: Timer = thread_timer,
     ) -> None:
         self.cfgs = cfgs
         self.spool = spool
         self.node = node
         self.pin_factory = pin_factory
+        self._clock = clock
+        self._timer = timer
         self.lost = 0
         self._inputs: list[_Input] = []
 
@@ -89,16 +117,14 @@ class GpioSource:
     # ---------------------------------------------------------------- gpiozero's threads
 
     def _edge(self, watched: _Input) -> None:
-        now = time.monotonic()
+        now = self._clock()
         with watched.lock:
             if now < watched.quiet_until:
                 # Chatter: look again when the window closes (one look per window).
                 if watched.timer is None:
-                    watched.timer = threading.Timer(
-                        watched.quiet_until - now, self._settled, args=(watched,)
+                    watched.timer = self._timer(
+                        watched.quiet_until - now, lambda: self._settled(watched)
                     )
-                    watched.timer.daemon = True
-                    watched.timer.start()
                 return
         self._settled(watched)
 
@@ -111,7 +137,7 @@ class GpioSource:
             if state == watched.reported:
                 return
             watched.reported = state  # under the lock: an edge and a timer may race here
-            watched.quiet_until = time.monotonic() + watched.cfg.bounce_ms / 1000
+            watched.quiet_until = self._clock() + watched.cfg.bounce_ms / 1000
         self._report(watched, state, initial=False)
 
     def _report(self, watched: _Input, active: bool, *, initial: bool) -> None:

@@ -49,6 +49,7 @@ from relay.event import Event
 from relay.spool import Spool
 from tests.helpers.brokers import PrivateMosquitto
 from tests.helpers.mqtt import Publisher
+from tests.helpers.wait import wait_until
 
 HERE = Path(__file__).parent
 SCRIPT = Path(sys.executable).with_name("relay")  # the console script, as systemd runs it
@@ -103,12 +104,14 @@ class Bench:
     def warm_up(self, pub: Publisher, topic: str) -> None:
         """Publish until one message comes through (subscribed, HTTP connection open)."""
         self.rx.reset()
-        deadline = time.monotonic() + 60
-        while not self.rx.arrivals():
-            if time.monotonic() > deadline:
-                raise RuntimeError("nothing reached the receiver within 60 s")
+
+        def arrived() -> bool:  # or else publish another
+            if self.rx.arrivals():
+                return True
             pub.publish(topic, json.dumps({"warm-up": True}))
-            time.sleep(0.2)
+            return False
+
+        wait_until(arrived, 60, "a warm-up message at the receiver", interval=0.2)
         time.sleep(0.5)  # let the stragglers of the warm-up arrive before the reset
         self.rx.reset()
 
@@ -123,11 +126,12 @@ class Bench:
                 time.sleep(max(next_at - time.monotonic(), 0))
             mids.append(pub.publish(topic, json.dumps({"n": i, "sent": time.monotonic()})))
         pub.wait(mids, timeout=120)
-        deadline = time.monotonic() + 120
-        while self.received("count") < n:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"not all {n} events reached the receiver within 120 s")
-            time.sleep(0.1)
+        wait_until(
+            lambda: self.received("count") >= n,
+            120,
+            f"all {n} events at the receiver",
+            interval=0.1,
+        )
         pairs = self.received("latencies")
         return [1000 * (arrived - sent) for sent, arrived in pairs]
 

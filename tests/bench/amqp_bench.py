@@ -10,17 +10,22 @@ of tests/bench/run_all's table instead).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pika
+
+sys.path.insert(0, str(Path(__file__).parents[2]))
 from backlog import drain_rate, events
 from summary import emit, row
 
 from relay.config import AmqpSinkConfig, Settings
 from relay.sinks.amqp_wire import properties
+from tests.helpers.wait import wait_until
 
 URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
@@ -34,11 +39,13 @@ def fresh_queue(url: str, n: int) -> Iterator[str]:
         channel = conn.channel()
         channel.queue_declare(name, durable=True)
         yield name
-        deadline = time.monotonic() + 10  # without confirms, the broker may still be at it
-        while (depth := channel.queue_declare(name, durable=True).method.message_count) < n:
-            assert time.monotonic() < deadline, f"{depth} messages in {name}, expected {n}"
-            time.sleep(0.05)
-        assert depth == n, f"{depth} messages in {name}, expected {n}"
+
+        def depth() -> int:
+            return int(channel.queue_declare(name, durable=True).method.message_count)
+
+        # Without confirms, the broker may still be at it.
+        wait_until(lambda: depth() >= n, 10, f"{n} messages in {name}", interval=0.05)
+        assert depth() == n, f"{depth()} messages in {name}, expected {n}"
         channel.queue_delete(name)
     finally:
         conn.close()

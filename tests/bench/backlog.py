@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parents[2]))
 from relay.agent import Agent
 from relay.config import Settings
 from relay.event import Event
 from relay.spool import Spool
+from tests.helpers.wait import wait_until
 
 
 def events(n: int) -> list[Event]:
@@ -39,8 +42,10 @@ def drain_rate(settings: Callable[[Path], Settings], sink: str, n: int) -> float
         runner.start()
         agent.ready.wait()
         assert agent.spool is not None
-        while agent.spool.lease(sink, 1).records:  # O(1), unlike stats()
-            time.sleep(0.02)
+        spool = agent.spool
+        wait_until(  # leasing one is O(1), unlike stats()
+            lambda: not spool.lease(sink, 1).records, 3600, "the backlog drained", interval=0.02
+        )
         elapsed = time.perf_counter() - start
         stop.set()
         runner.join()

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).parents[2]))
 from summary import emit, row
 
 from tests.helpers.brokers import PrivateMosquitto
+from tests.helpers.wait import wait_until
 
 HERE = Path(__file__).parent
 CLIENTS = [sys.executable, str(HERE / "mqtt_clients.py")]
@@ -73,15 +74,13 @@ def relay(broker: PrivateMosquitto, n: int, tmp: Path) -> float:
     agent = subprocess.Popen([sys.executable, "-m", "relay", "run", "--config", str(cfg)])
     try:
         db = tmp / "state" / "spool.db"
-        while not db.exists():
-            time.sleep(0.05)
+        wait_until(db.exists, 60, "the spool file", interval=0.05)
         time.sleep(1.0)  # connected and subscribed
         pub = start([*CLIENTS, "publish", broker.host, str(broker.port), "bench/relay", str(n)])
         began = time.monotonic()
         pub.stdin.write("go\n")  # type: ignore[union-attr]
         pub.stdin.flush()  # type: ignore[union-attr]
-        while spooled(db) < n:
-            time.sleep(0.01)
+        wait_until(lambda: spooled(db) >= n, 600, f"{n} events spooled")
         elapsed = time.monotonic() - began
         finished_at(pub)
         return n / elapsed

@@ -17,8 +17,8 @@ what each sink received.
 
 What is here, each usable alone:
 
-- config parts: :func:`mqtt_part`, :func:`http_sink_part`, :func:`amqp_sink_part`,
-  :func:`table` / :func:`array_table` for anything else, :func:`write_config`;
+- config parts, the fault suite's defaults over :mod:`tests.helpers.toml`: :func:`mqtt_part`,
+  :func:`http_sink_part`, :func:`amqp_sink_part` (anything else straight from that module);
 - :class:`AgentProcess`: ``relay run`` with an optional ``RELAY_CRASHPOINT``, its stderr
   collected line by line with arrival times (:meth:`AgentProcess.wait_line`), SIGKILL,
   SIGTERM, restart, ``relay status --json`` and ``relay push``;
@@ -30,6 +30,8 @@ What is here, each usable alone:
 - readers: :func:`http_numbers` (a :class:`~tests.helpers.http_server.RemoteServer`) and
   :class:`AmqpQueue` (drains a real RabbitMQ queue with pika);
 - :func:`integrity_check`: ``PRAGMA integrity_check`` on the spool file.
+
+Waiting, as everywhere in the tests, is :func:`tests.helpers.wait.wait_until`.
 
 Every event this harness produces carries ``{"n": <number>}`` as its payload; readers keep
 only events with an integer ``n`` under the given name prefix.
@@ -47,7 +49,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -56,6 +58,7 @@ from typing import IO, Any, Self
 import pika
 import pika.exceptions
 
+from tests.helpers import toml
 from tests.helpers.common import RELAY
 from tests.helpers.http_server import RemoteServer
 from tests.helpers.mqtt import Publisher
@@ -68,7 +71,6 @@ __all__ = [
     "MqttNumbers",
     "SinkReport",
     "amqp_sink_part",
-    "array_table",
     "clean_env",
     "http_numbers",
     "http_sink_part",
@@ -77,103 +79,33 @@ __all__ = [
     "numbered",
     "push_numbers",
     "quiet",
-    "table",
-    "wait_until",
-    "write_config",
 ]
 
 Numbered = tuple[int, str]  # (n, event id)
 
 
-def wait_until(
-    condition: Callable[[], bool],
-    timeout: float,
-    what: str = "condition",
-    detail: Callable[[], str] | None = None,
-) -> None:
-    """Wait until ``condition()`` holds (checked every 20 ms), or fail after ``timeout``
-    with ``detail()`` (say, the ledger's reports and the agent's output) in the message."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            more = f"\n{detail()}" if detail is not None else ""
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{more}")
-        time.sleep(0.02)
-
-
 # ------------------------------------------------------------------------------ config
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str | Path):
-        return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"no TOML for {value!r}")
+# The fault suite's sinks retry fast (the backoff is not what these tests look at).
+FAST_RETRY = {"retry_initial": "50ms", "retry_max": "1s"}
 
 
-def table(header: str, /, **keys: Any) -> str:
-    """A ``[header]`` table; keys whose value is None are left out."""
-    body = "".join(f"{k} = {_toml(v)}\n" for k, v in keys.items() if v is not None)
-    return f"[{header}]\n{body}"
+def mqtt_part(port: int, topic: str, **keys: Any) -> str:
+    """``[mqtt]`` at ``127.0.0.1:port`` and one MQTT source on ``topic/#``
+    (:func:`tests.helpers.toml.mqtt_in`), with a client id of the fault suite's own."""
+    keys.setdefault("client_id", f"relay-fault-{uuid.uuid4().hex[:8]}")
+    return toml.mqtt_in(port, topic, **keys)
 
 
-def array_table(header: str, /, **keys: Any) -> str:
-    """A ``[[header]]`` table (one element of ``sources``, ``sinks``, ``devices``)."""
-    return "[" + table(header, **keys).replace("\n", "]\n", 1)
-
-
-def mqtt_part(
-    port: int,
-    topic: str,
-    *,
-    host: str = "127.0.0.1",
-    client_id: str | None = None,
-    keepalive_s: int = 10,
-    qos: int = 1,
-    **mqtt: Any,
-) -> str:
-    """``[mqtt]`` at ``host:port`` and one MQTT source on ``topic/#``. The client id is
-    unique per call (the broker keeps the session of a client id)."""
-    cid = client_id or f"relay-fault-{uuid.uuid4().hex[:8]}"
-    broker = table("mqtt", host=host, port=port, client_id=cid, keepalive_s=keepalive_s, **mqtt)
-    return broker + array_table("sources", type="mqtt", topics=[f"{topic}/#"], qos=qos)
-
-
-def http_sink_part(url: str, *, name: str = "cloud", **keys: Any) -> str:
+def http_sink_part(url: str, **keys: Any) -> str:
     """An HTTP sink; fast retries unless ``retry_initial`` / ``retry_max`` are given."""
-    keys = {"retry_initial": "50ms", "retry_max": "1s", **keys}
-    return array_table("sinks", name=name, type="http", url=url, **keys)
+    return toml.http_sink(url, **{**FAST_RETRY, **keys})
 
 
-def amqp_sink_part(url: str, queue: str, *, name: str = "bus", **keys: Any) -> str:
-    """An AMQP sink publishing to ``queue`` (declared durable by the sink)."""
-    keys = {"retry_initial": "50ms", "retry_max": "1s", **keys}
-    return array_table("sinks", name=name, type="amqp", url=url, queue=queue, **keys)
-
-
-def write_config(
-    path: Path,
-    state_dir: Path,
-    *parts: str,
-    node: str = "fault-node",
-    log_level: str = "info",
-) -> Path:
-    """Write ``relay.toml`` from ``parts`` (top-level keys first); mode 0640, as installed."""
-    head = _toml_lines(node=node, state_dir=state_dir, log_level=log_level)
-    path.write_text(head + "\n" + "\n".join(parts))
-    path.chmod(0o640)
-    return path
-
-
-def _toml_lines(**keys: Any) -> str:
-    return "".join(f"{k} = {_toml(v)}\n" for k, v in keys.items())
+def amqp_sink_part(url: str, queue: str, **keys: Any) -> str:
+    """An AMQP sink publishing to ``queue`` (declared durable by the sink); fast retries."""
+    return toml.amqp_sink(url, queue=queue, **{**FAST_RETRY, **keys})
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -204,8 +136,9 @@ class Line:
 class AgentProcess:
     """``relay run --config <workdir>/relay.toml`` as a subprocess, started as often as needed.
 
-    The config is written from ``parts`` (see :func:`write_config`); the state dir defaults
-    to ``<workdir>/state``. Every stderr line of every run is kept in :attr:`lines`.
+    The config is written from ``parts`` (see :func:`tests.helpers.toml.write`); the state
+    dir defaults to ``<workdir>/state``. Every stderr line of every run is kept in
+    :attr:`lines`.
     :attr:`kills` counts SIGKILLs and crash points that fired: the disruptions after which
     a sink may see replays. Use as a context manager: the agent is stopped at the end
     (SIGTERM, then SIGKILL).
@@ -237,8 +170,12 @@ class AgentProcess:
 
     def write(self, *parts: str) -> None:
         """(Re)write the config from ``parts``: takes effect at the next start."""
-        write_config(
-            self.config, self.state_dir, *parts, node=self._node, log_level=self._log_level
+        toml.write(
+            self.config,
+            *parts,
+            node=self._node,
+            state_dir=self.state_dir,
+            log_level=self._log_level,
         )
 
     # -- lifecycle -----------------------------------------------------------------------

@@ -29,15 +29,14 @@ import pytest
 from relay.event import MAX_DEPTH
 from tests.fault.harness import (
     AgentProcess,
-    array_table,
     http_sink_part,
     mqtt_part,
-    table,
-    wait_until,
 )
+from tests.helpers import toml
 from tests.helpers.brokers import PrivateMosquitto
 from tests.helpers.http_server import RemoteServer
 from tests.helpers.mqtt import Publisher, unique
+from tests.helpers.wait import wait_until
 
 BOUND = 1.0  # seconds from a good event's publish (or push) to its arrival at the sink
 NASTY = ["a/#", "../x", '"; rm -rf /"']  # device names, actions, event names
@@ -120,8 +119,8 @@ def rig(tmp_path: Path, broker: PrivateMosquitto) -> Iterator[Rig]:
             tmp_path / "agent",
             mqtt_part(broker.port, topic),
             http_sink_part(sink.url),
-            table("commands", mqtt_topic=f"{cmd}/+", ttl_s=30),
-            array_table("devices", name="lamp", type="http", url=device.url),
+            toml.commands(mqtt_topic=f"{cmd}/+", ttl_s=30),
+            toml.http_device(device.url, name="lamp"),
         )
         with agent, Publisher(broker.host, broker.port) as pub:
             agent.start(ready="mqtt: subscribed")
@@ -182,7 +181,9 @@ def test_bad_input_end_to_end(rig: Rig) -> None:
     refused = dead_letters(agent.state_dir, "@commands")[before:]
     assert len(refused) == len(nasty_commands), refused
     assert all(reason.startswith("bad command: ") for reason, _ in refused), refused
-    wait_until(lambda: bool(rig.delivered("command...")), 5, 'the outcome of ".."', agent.tail)
+    wait_until(
+        lambda: bool(rig.delivered("command...")), 5, 'the outcome of ".."', detail=agent.tail
+    )
     [outcome] = rig.delivered("command...")
     assert outcome["payload"]["status"] == "failed"
     assert "unknown device" in outcome["payload"]["error"]

@@ -19,11 +19,11 @@ from tests.fault.harness import (
     http_sink_part,
     mqtt_part,
     quiet,
-    wait_until,
 )
 from tests.helpers.brokers import PrivateMosquitto
 from tests.helpers.http_server import RemoteServer
 from tests.helpers.mqtt import unique
+from tests.helpers.wait import wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

@@ -28,10 +28,9 @@ import itertools
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import time_machine
@@ -47,6 +46,7 @@ from relay.report import status_json
 from relay.sinks.http import HttpSink
 from relay.spool import Spool
 from tests.helpers.http_server import RemoteServer, Reply
+from tests.helpers.mocks import MockDevice, MockSink, in_turn
 
 DAY = 86_400.0
 RETRY = 0.2  # every retry below waits exactly this long (a Retry-After at the backoff cap)
@@ -73,34 +73,16 @@ def traveller() -> Iterator[time_machine.Traveller]:
         yield t
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout  # monotonic: the wall clock is being moved
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
 def gaps(times: Sequence[float]) -> list[float]:
     return [round(b - a, 3) for a, b in itertools.pairwise(times)]
 
 
-class FailingSink:
+def failing_sink() -> MockSink:
     """Refuses every batch as a 503 with ``Retry-After: RETRY``; notes when (monotonic)."""
-
-    name = "cloud"
-
-    def __init__(self) -> None:
-        self.attempts: list[float] = []
-
-    def send(self, events: Sequence[Event]) -> None:
-        self.attempts.append(time.monotonic())
-        raise TransientError("HTTP 503", retry_after=RETRY)
-
-    def close(self) -> None:
-        pass
+    return MockSink(lambda events: TransientError("HTTP 503", retry_after=RETRY), name="cloud")
 
 
-def forwarder(spool: Spool, sink: FailingSink, max_age: float | None = None) -> Forwarder:
+def forwarder(spool: Spool, sink: MockSink, max_age: float | None = None) -> Forwarder:
     policy = Policy(max_age=max_age, backoff=Backoff(RETRY, 1.0, RETRY))
     return Forwarder(sink, spool, policy, rng=random.Random(7))
 
@@ -111,7 +93,7 @@ def test_forwarder_retries_keep_their_pace_across_jumps(
     """If retries were timed on the wall clock, a jump back would park the sink for a day
     (or 56 years) and a jump forward would fire at once; they keep their 0.2 s pace."""
     spool.put(Event.new(node="n", source="test", name="door", payload=1))
-    sink = FailingSink()
+    sink = failing_sink()
     f = forwarder(spool, sink)
     f.start()
     try:
@@ -137,7 +119,7 @@ def test_max_age_is_measured_on_the_wall_clock(
     replayable); a jump back (even to 1970) only delays it: the event is retried."""
     now = time.time()
     spool.put(Event.new(node="n", source="test", name="door", payload=1))
-    sink = FailingSink()
+    sink = failing_sink()
     f = forwarder(spool, sink, max_age=3600)
     assert f.step(time.monotonic()) is Step.RETRY
     for what, wall in [("a day back", now - DAY), ("1970", 0.0)]:
@@ -154,7 +136,7 @@ def test_without_max_age_a_jump_gives_up_nothing(
     spool: Spool, traveller: time_machine.Traveller
 ) -> None:
     spool.put(Event.new(node="n", source="test", name="door", payload=1))
-    f = forwarder(spool, FailingSink())
+    f = forwarder(spool, failing_sink())
     now = time.time()
     assert f.step(time.monotonic()) is Step.RETRY
     for _, wall in [*jumps(now), ("ten years on", now + 3650 * DAY)]:
@@ -187,27 +169,13 @@ def test_spool_order_ids_and_ages_across_jumps(
     assert ages["oldest_age_s"] == 0.0
 
 
-class FlakyDevice:
+def flaky_lamp(down: int) -> MockDevice:
     """Unreachable for the first ``down`` attempts; notes when (monotonic) each came."""
-
-    name = "lamp"
-    actions = frozenset({"on", "off"})
-    not_retried: frozenset[str] = frozenset()
-
-    def __init__(self, down: int) -> None:
-        self.down = down
-        self.attempts: list[float] = []
-
-    def run(self, action: str, args: Mapping[str, Any], *, command_id: str, timeout: float) -> None:
-        self.attempts.append(time.monotonic())
-        if len(self.attempts) <= self.down:
-            raise DeviceUnavailable("connection refused")
-
-    def close(self) -> None:
-        pass
+    refusals = [DeviceUnavailable("connection refused")] * down
+    return MockDevice(in_turn(*refusals), name="lamp", actions=("on", "off"), not_retried=())
 
 
-def executor(spool: Spool, device: FlakyDevice, ttl_s: float = 30.0) -> CommandExecutor:
+def executor(spool: Spool, device: MockDevice, ttl_s: float = 30.0) -> CommandExecutor:
     return CommandExecutor(
         spool,
         {"lamp": device},
@@ -240,7 +208,7 @@ def test_command_ttl_ignores_jumps(
 ) -> None:
     """A command received just now runs, whatever the wall clock did since: its TTL counts
     on the monotonic clock from when this process received it."""
-    device = FlakyDevice(down=0)
+    device = flaky_lamp(down=0)
     ex = executor(spool, device, ttl_s=5)
     cid = command(spool, ex)
     traveller.move_to(dict(jumps(time.time()))[jump])
@@ -251,7 +219,7 @@ def test_command_ttl_ignores_jumps(
 def test_unreachable_device_retries_keep_their_pace_across_jumps(
     spool: Spool, traveller: time_machine.Traveller
 ) -> None:
-    device = FlakyDevice(down=6)
+    device = flaky_lamp(down=6)
     ex = executor(spool, device, ttl_s=30)
     done = threading.Event()
     outcome: list[tuple[str, str | None]] = []
@@ -283,7 +251,7 @@ def test_command_from_another_process_ages_on_the_wall_clock(
     normally sees it within milliseconds (the doorbell), so only a jump in that window
     matters."""
     now = time.time()
-    device = FlakyDevice(down=0)
+    device = flaky_lamp(down=0)
     ex = executor(spool, device, ttl_s=30)
     forward = command(spool, None, received_at=now)
     traveller.move_to(now + DAY)

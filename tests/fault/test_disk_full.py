@@ -31,11 +31,11 @@ from tests.fault.harness import (
     integrity_check,
     mqtt_part,
     numbered,
-    wait_until,
 )
 from tests.helpers.brokers import PrivateMosquitto
 from tests.helpers.http_server import RemoteServer, Reply
 from tests.helpers.mqtt import Publisher, spooled, unique
+from tests.helpers.wait import wait_until
 from tests.test_systemd_agent import FakeSystemd
 
 pytestmark = [pytest.mark.root]
@@ -259,7 +259,7 @@ def test_full_disk_at_start_is_waited_out(tmp_path: Path, broker: PrivateMosquit
                 everything,
                 60,
                 "everything delivered after space was freed",
-                agent.tail,
+                detail=agent.tail,
             )
             delivered = time.monotonic() - freed_at
             ledger.check("cloud")

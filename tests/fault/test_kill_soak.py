@@ -32,12 +32,12 @@ from tests.fault.harness import (
     numbered,
     push_numbers,
     quiet,
-    wait_until,
 )
 from tests.helpers.brokers import PrivateMosquitto
 from tests.helpers.common import need_service
 from tests.helpers.http_server import RemoteServer
 from tests.helpers.mqtt import unique
+from tests.helpers.wait import wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -101,7 +101,7 @@ def test_kill_soak(tmp_path: Path, mosquitto: PrivateMosquitto) -> None:
                     agent.kill()
                     fired[how] += 1
                 else:
-                    fired[how] += _wait_for_crash(agent)
+                    fired[how] += _crashed(agent)
                 checks.append(integrity_check(agent.state_dir))  # the file as the kill left it
                 queue.drain(idle=0.05)
                 if i == len(plan) - 1:  # relay push works with the agent down (P1)
@@ -119,7 +119,7 @@ def test_kill_soak(tmp_path: Path, mosquitto: PrivateMosquitto) -> None:
                 lambda: _collect(ledger, pushes, server, queue, topic),
                 120,
                 "every event at both sinks",
-                lambda: "\n".join(
+                detail=lambda: "\n".join(
                     [
                         ledger.report("cloud").line(),
                         ledger.report("bus").line(),
@@ -154,7 +154,7 @@ def test_kill_soak(tmp_path: Path, mosquitto: PrivateMosquitto) -> None:
     assert not missed, f"crash points that did not fire (a SIGKILL stood in): {missed}"
 
 
-def _wait_for_crash(agent: AgentProcess) -> int:
+def _crashed(agent: AgentProcess) -> int:
     """Wait for the armed agent to die at its crash point: 1 if it did, 0 if it had not
     within 15 s (it is SIGKILLed instead)."""
     try:

@@ -29,13 +29,13 @@ from tests.fault.harness import (
     http_sink_part,
     mqtt_part,
     quiet,
-    wait_until,
 )
 from tests.helpers.brokers import PrivateMosquitto, PrivateRabbit
 from tests.helpers.common import need_service
 from tests.helpers.faultproxy import FaultProxy
 from tests.helpers.http_server import Received, RemoteServer, Reply
 from tests.helpers.mqtt import unique
+from tests.helpers.wait import wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -129,7 +129,7 @@ class Run:
             self.collect,
             DRAIN_S + self.events / RATE,
             "every event at both sinks",
-            lambda: "\n".join(
+            detail=lambda: "\n".join(
                 [self.ledger.report(s).line() for s in ("cloud", "bus")] + [self.agent.tail()]
             ),
         )

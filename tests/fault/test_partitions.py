@@ -25,13 +25,13 @@ from tests.fault.harness import (
     http_sink_part,
     mqtt_part,
     quiet,
-    wait_until,
 )
 from tests.helpers.brokers import PrivateMosquitto
 from tests.helpers.common import need_service
 from tests.helpers.faultproxy import FaultProxy, Mode
 from tests.helpers.http_server import RemoteServer
 from tests.helpers.mqtt import unique
+from tests.helpers.wait import wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -96,11 +96,11 @@ def test_dead_links_are_noticed_reconnected_and_lose_nothing(
             pub.start(range(EVENTS), rate=RATE)
             for mode in MODES:
                 seen = min(ledger.distinct("cloud"), ledger.distinct("bus"))
-                wait_until(flowing, 20, "events flowing to both sinks", agent.tail)
+                wait_until(flowing, 20, "events flowing to both sinks", detail=agent.tail)
                 noticed[mode], back[mode] = _partition(agent, proxies, mode)
             pub.join()
             pub.wait_acked()
-            wait_until(collect, 60, "every event at both sinks", agent.tail)
+            wait_until(collect, 60, "every event at both sinks", detail=agent.tail)
             assert agent.terminate() == 0, agent.tail()
     http = ledger.check("cloud", disruptions=len(MODES))
     amqp = ledger.check("bus", disruptions=len(MODES))

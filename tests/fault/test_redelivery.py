@@ -25,11 +25,11 @@ from tests.fault.harness import (
     integrity_check,
     mqtt_part,
     quiet,
-    wait_until,
 )
 from tests.helpers.brokers import PrivateMosquitto
 from tests.helpers.http_server import RemoteServer
 from tests.helpers.mqtt import unique
+from tests.helpers.wait import wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -82,7 +82,7 @@ def test_messages_sent_again_after_a_crash_are_not_stored_twice(
                 ),
                 90,
                 "every event at the receiver",
-                lambda: ledger.report("cloud").line() + "\n" + agent.tail(),
+                detail=lambda: ledger.report("cloud").line() + "\n" + agent.tail(),
             )
             spooled = spooled_numbers(agent.state_dir, topic)
             # Acknowledged, not only recognised: a clean restart gets nothing sent again.

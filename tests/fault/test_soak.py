@@ -29,11 +29,11 @@ from tests.fault.harness import (
     http_numbers,
     http_sink_part,
     mqtt_part,
-    wait_until,
 )
 from tests.helpers.brokers import PrivateMosquitto
 from tests.helpers.http_server import Received, RemoteServer, Reply
 from tests.helpers.mqtt import unique
+from tests.helpers.wait import wait_until
 
 SOAK_S = float(os.environ.get("RELAY_SOAK_S", "45"))
 WARM_S = 60.0 if SOAK_S >= 120 else 20.0  # RSS is compared with its value at this point

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from relay.agent import Agent
 from relay.config import load
 from relay.spool import Spool
+from tests.helpers.wait import wait_until
 
 
 @contextmanager
@@ -28,7 +28,7 @@ def running_agent(config: Path) -> Iterator[Agent]:
 
     thread = threading.Thread(target=run, name="agent")
     thread.start()
-    wait_for(lambda: agent.ready.is_set() or bool(errors) or not thread.is_alive(), 20)
+    wait_until(lambda: agent.ready.is_set() or bool(errors) or not thread.is_alive(), 20)
     if errors:
         raise errors[0]
     try:
@@ -37,15 +37,6 @@ def running_agent(config: Path) -> Iterator[Agent]:
         stop.set()
         thread.join(30)
         assert not thread.is_alive(), "the agent did not stop"
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str = "condition") -> None:
-    """Wait until ``condition()`` holds (checked every 10 ms), or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 def spool_of(agent: Agent) -> Spool:

@@ -22,11 +22,12 @@ import socket
 import stat
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+
+from tests.helpers.wait import WaitTimeout, wait_until
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 RABBITMQ_SERVER = "/usr/sbin/rabbitmq-server"
@@ -36,6 +37,8 @@ REDIS_SERVER = "/usr/bin/redis-server"
 LOOPBACK = "127.0.0.1"
 # The user the Debian rabbitmq wrapper scripts switch to when run as root.
 RABBITMQ_USER = "rabbitmq"
+# How often readiness is checked: each check is a connection and a handshake.
+POLL_S = 0.05
 
 
 # --------------------------------------------------------------------------------------
@@ -70,20 +73,6 @@ def port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
-
-
-def wait_until(
-    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
-) -> None:
-    """Poll ``predicate`` until it returns True; raise ``TimeoutError`` after ``timeout`` s.
-
-    ``predicate`` may itself raise to abort the wait early (e.g. "process died").
-    """
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def log_tail(*paths: Path, lines: int = 40) -> str:
@@ -188,7 +177,12 @@ class _ChildBroker:
                 cwd=self.workdir,
             )
         try:
-            wait_until(self._ready_or_raise, self.start_timeout, f"{self.name} on {self.port}")
+            wait_until(
+                self._ready_or_raise,
+                self.start_timeout,
+                f"{self.name} on {self.port}",
+                interval=POLL_S,
+            )
         except (TimeoutError, RuntimeError) as exc:
             self.kill()
             raise RuntimeError(
@@ -336,7 +330,12 @@ class PrivateMosquitto(_ChildBroker):
             raise RuntimeError("mosquitto is not running")
         before = self._db_signature()
         self._proc.send_signal(signal.SIGUSR1)
-        wait_until(lambda: self._db_signature() not in (None, before), timeout, "mosquitto.db")
+        wait_until(
+            lambda: self._db_signature() not in (None, before),
+            timeout,
+            "mosquitto.db",
+            interval=POLL_S,
+        )
 
     def _db_signature(self) -> tuple[int, int, int] | None:
         try:
@@ -560,7 +559,9 @@ class PrivateRabbit:
         try:
             if rc != 0:
                 raise RuntimeError(f"rabbitmq-server -detached exited with {rc}")
-            wait_until(self._amqp_ready_or_raise, self.start_timeout, "the AMQP listener")
+            wait_until(
+                self._amqp_ready_or_raise, self.start_timeout, "the AMQP listener", interval=POLL_S
+            )
             self.ctl("await_startup", "--timeout", str(int(self.start_timeout)))
         except (TimeoutError, RuntimeError, subprocess.SubprocessError) as exc:
             self.kill()
@@ -592,6 +593,7 @@ class PrivateRabbit:
                 lambda: not self.running and not port_accepts(self.host, self.port),
                 self.stop_timeout,
                 "the node to exit",
+                interval=POLL_S,
             )
         except (TimeoutError, RuntimeError, subprocess.SubprocessError):
             self.kill()
@@ -601,15 +603,20 @@ class PrivateRabbit:
 
         The shared epmd is left alone even if our node happened to start it.
         """
-        for _ in range(50):
+
+        def gone() -> bool:  # or else killed once more
             pids = self._node_pids()
-            if not pids:
-                return
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            time.sleep(0.1)
-        raise RuntimeError(f"could not kill processes of {self.nodename}: {self._node_pids()}")
+            return not pids
+
+        try:
+            wait_until(gone, 5, f"the processes of {self.nodename} to die", interval=0.1)
+        except WaitTimeout:
+            raise RuntimeError(
+                f"could not kill processes of {self.nodename}: {self._node_pids()}"
+            ) from None
 
     def restart(self) -> None:
         """``stop()`` then ``start()``: same node name, ports and data."""
@@ -741,5 +748,4 @@ __all__ = [
     "log_tail",
     "port_accepts",
     "rabbit_unusable",
-    "wait_until",
 ]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,3 +32,24 @@ def need_service(name: str, port: int) -> None:
     if REQUIRE_BROKERS:
         pytest.fail(f"{reason} (RELAY_REQUIRE_BROKERS=1: broker tests must run)")
     pytest.skip(reason)
+
+
+def read_until(proc: subprocess.Popen[str], text: str) -> list[str]:
+    """Read the stderr of ``relay run`` up to the first line containing ``text``; the lines
+    read. Fails, showing them, if the agent exits first."""
+    assert proc.stderr is not None
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if text in line:
+            return lines
+    raise AssertionError(f"the agent exited before {text!r}:\n" + "".join(lines))
+
+
+def sink_status(env: dict[str, str], cfg: Path) -> dict[str, Any]:
+    """The first sink of ``relay status --json`` (it reads the spool file, agent up or not)."""
+    out = subprocess.run(
+        [*RELAY, "status", "--json", "--config", str(cfg)],
+        capture_output=True, text=True, env=env, check=True,
+    ).stdout  # fmt: skip
+    return dict(json.loads(out)["sinks"][0])
