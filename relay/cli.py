@@ -283,11 +283,11 @@ def _check_config(args: argparse.Namespace) -> int:
     path = config.config_path(args.config)
     settings = config.load(path)
     print(json.dumps(config.dump(settings), indent=2))
-    print(f"relay: {Path(path)}: config OK", file=sys.stderr)
     broker = settings.mqtt.broker_config
     if settings.uses_mqtt() and settings.mqtt.local and broker is not None and broker.exists():
         from relay.mqtt import mosquitto
 
         for line in mosquitto.problems(broker):
             print(f"relay: warning: {line}", file=sys.stderr)
+    print(f"relay: {Path(path)}: config OK", file=sys.stderr)
     return EX_OK

@@ -153,7 +153,7 @@ class Forwarder:
                 self.sink.send([r.event for r in records])
         except SendError as exc:
             # A retry is timed from the answer (Retry-After counts from there), not the ask.
-            return self._failed(records, exc, now + self._clock() - started)
+            return self._failed(records, exc, now + self._clock() - started, started)
         crashpoints.crash("after_send_before_ack")
         self.delivered_at, self._reached = self._wall(), True  # before the ack lands
         self._ack(records[-1].seq)
@@ -171,7 +171,7 @@ class Forwarder:
         suspects = [r for r in records if r.seq <= self._suspect[1]]
         return suspects[: (len(suspects) + 1) // 2]
 
-    def _failed(self, records: list[Record], exc: SendError, now: float) -> Step:
+    def _failed(self, records: list[Record], exc: SendError, now: float, sent_at: float) -> Step:
         self._reached = isinstance(exc, PermanentError)  # it answered, if only to refuse
         if exc.delivered:  # a windowed sink got the front of the batch through
             self.delivered_at = self._wall()
@@ -182,7 +182,7 @@ class Forwarder:
         permanent = isinstance(exc, PermanentError)
         self.last_error = error
         if isinstance(exc, PermanentError) and len(records) > 1 and not exc.exact:
-            return self._halve(records, error)
+            return self._halve(records, error, sent_at)
         if permanent and self._suspect is not None:
             self._suspect = (head.seq, head.seq)  # found: alone until it is dead-lettered
         attempts, failures = self.spool.retry(self.name, head.seq, error, permanent=permanent)
@@ -194,11 +194,11 @@ class Forwarder:
         retry_after = exc.retry_after if isinstance(exc, TransientError) else None
         delay = self.policy.backoff.delay(attempts, self._rng, retry_after)
         self.next_attempt = now + delay
-        self._health.failed(error, delay)
+        self._health.failed(error, delay, sent_at=sent_at)
         self._metrics.retried(self.name)
         return Step.RETRY
 
-    def _halve(self, records: list[Record], error: str) -> Step:
+    def _halve(self, records: list[Record], error: str, sent_at: float) -> Step:
         """A batch was refused, and the sink cannot say which event it refused (an HTTP
         answer is for the whole request): send its first half next, at once; what passes
         is acked, what is refused is halved again. A batch of 100 with one refused event
@@ -213,7 +213,7 @@ class Forwarder:
             )
         self._suspect = (records[0].seq, records[-1].seq)
         self.next_attempt = float("-inf")
-        self._health.failed(error, 0.0)
+        self._health.failed(error, 0.0, sent_at=sent_at)
         self._metrics.retried(self.name)
         return Step.RETRY
 

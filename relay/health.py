@@ -3,9 +3,11 @@
 A far end that fails one request in five, all day, must not write two lines per failure
 (thousands an hour, on the SD card that holds the journal). So:
 
-- one WARNING when the sink starts failing;
-- one INFO when it delivers again after an outage (a run of failures lasting ``OUTAGE_S``
-  or more), with how long and how many requests failed: the end of an outage is news;
+- one WARNING when the sink starts failing, and again when an outage starts after the end
+  of the last one was said;
+- one INFO when it delivers again after an outage (a run of failed requests lasting
+  ``OUTAGE_S`` or more from the start of the first, so one that hung until its timeout
+  counts), with how long and how many requests failed: the end of an outage is news;
 - while it flaps (fails now and then among successes), a summary at most every
   ``SUMMARY_S``: how many requests failed, of how many, and the last error;
 - one INFO when it is healthy again, nothing having failed for ``SETTLE_S``: how long the
@@ -41,7 +43,8 @@ class SinkHealth:
         self._back_at: int | None = None  # failures when "delivering again" was said
         self._last_failure = self._last_summary = 0.0
 
-    def failed(self, error: str, delay: float) -> None:
+    def failed(self, error: str, delay: float, *, sent_at: float | None = None) -> None:
+        """A request failed; ``sent_at``: when it was sent (monotonic; default: now)."""
         now = self._clock()
         self._requests, self._failed, self._last_failure = (
             self._requests + 1,
@@ -49,9 +52,11 @@ class SinkHealth:
             now,
         )
         if self._streak_since is None:
-            self._streak_since = now
-        if self.trouble_since is None:
-            self.trouble_since = self._last_summary = now
+            self._streak_since = now if sent_at is None else sent_at
+        outage = self._back_at is not None and now - self._streak_since >= OUTAGE_S
+        if self.trouble_since is None or outage:
+            if self.trouble_since is None:
+                self.trouble_since = self._last_summary = now
             self._back_at = None
             log.warning(
                 "sink %s: %s; retrying in %.1fs", self._sink, error, delay, extra=self._extra

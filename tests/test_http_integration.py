@@ -237,3 +237,27 @@ def test_dead_letter_reason_names_the_status_and_body(
         [dl] = spool_of(agent).dead_letters()
     assert dl.reason.startswith("HTTP 422 from 127.0.0.1:") and "unknown device" in dl.reason
     assert Event.from_json(dl.body).payload == {"n": 0}
+
+
+@pytest.mark.parametrize("bad", [[0], [10], [19], [3, 15]], ids=["first", "middle", "last", "two"])
+def test_a_refused_event_is_found_by_halves(
+    remote: RemoteServer, write_config: Callable[..., Path], bad: list[int]
+) -> None:
+    """A receiver that refuses (400) any request holding a malformed event: the refused
+    ones are dead-lettered, every other event of the batch is delivered once, in order,
+    and the search costs a few requests, not one per event."""
+
+    def respond(request: Received, count: int) -> Reply:
+        return Reply(400) if {e["payload"]["n"] for e in request.events} & set(bad) else Reply(200)
+
+    remote.respond = respond
+    cfg = write_config(sink_config(remote.url, batch_max=20, max_retries=1))
+    push_all(cfg, 20)  # a backlog before the agent starts: one batch of 20
+    with running_agent(cfg) as agent:
+        wait_until(lambda: len(spool_of(agent).dead_letters()) == len(bad), 20, "dead letters")
+        wait_until(lambda: len(remote.accepted()) == 20 - len(bad), 10, "the others")
+        dead = [json.loads(d.body)["payload"]["n"] for d in spool_of(agent).dead_letters()]
+    assert ns(remote.accepted()) == [n for n in range(20) if n not in bad]
+    assert len(remote.received[0].events) == 20
+    assert len(remote.received) <= len(bad) * (2 * 5 + 1 + 1) + 1  # log2(20) < 5
+    assert sorted(dead) == bad
