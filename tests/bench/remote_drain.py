@@ -148,7 +148,7 @@ class Arrived:
 
     def verdict(self) -> str:
         parts = [
-            f"all {self.expected:,} arrived" if not self.lost else f"{self.lost:,} LOST",
+            f"{self.received:,} of {self.expected:,} arrived",
             "in order" if not self.out_of_order else f"{self.out_of_order:,} out of order",
             f"{self.duplicates:,} duplicates",
         ]
