@@ -48,8 +48,6 @@ class Queue(Protocol):
 
     def ack(self, sink: str, upto_seq: int) -> None: ...
 
-    def sync(self) -> None: ...
-
     def retry(self, sink: str, seq: int, error: str, *, permanent: bool) -> tuple[int, int]: ...
 
     def dead_letter(self, sink: str, seq: int, reason: str) -> None: ...
@@ -119,8 +117,6 @@ class Forwarder:
         # sent on its own half, while the refused one is looked for by halves.
         self._suspect: tuple[int, int] | None = None
         self._health = SinkHealth(self.name, clock)
-        self._acked = 0  # the last seq acked; its commit may still be on its way
-        self._synced = 0  # the last seq acked and then committed at once (sync)
         self._waiter = sink if isinstance(sink, WaitingSink) else None
         self._runner = StepRunner(
             self,
@@ -141,7 +137,6 @@ class Forwarder:
             return Step.WAIT
         head = self.spool.lease(self.name, 1)
         if not head.records:
-            self._ack_now()
             return Step.IDLE
         if self._suspect is not None and head.records[0].seq > self._suspect[1]:
             self._suspect = None  # what held the refused event went through after all
@@ -218,18 +213,10 @@ class Forwarder:
         return Step.RETRY
 
     def _ack(self, seq: int) -> None:
-        # The spool commits acks without an fsync, and while this sink drains they wait a
-        # little to share a commit; the spool applies writes in order, so a later retry or
+        # The spool commits acks without an fsync, a second's worth together (this process
+        # reads them from memory meanwhile); it applies writes in order, so a later retry or
         # dead letter still lands after this ack.
         self.spool.ack(self.name, seq)
-        self._acked = seq
-
-    def _ack_now(self) -> None:
-        """Nothing more to send: the waiting acks are committed now, so that relay status
-        (another process), the metrics and Home Assistant show the queue empty at once."""
-        if self._acked > self._synced:
-            self.spool.sync()
-            self._synced = self._acked
 
     def _dead(self, head: Record, reason: str) -> Step:
         self._suspect = None

@@ -30,6 +30,10 @@ def status_json(
             "rows": stats.rows,
             "dropped": stats.dropped,
             "disk_free_bytes": stats.disk_free,
+            # What the agent wrote to storage per event stored (SD card wear), and over
+            # how many seconds up to an hour; null until it has measured.
+            "bytes_written_per_event": stats.wear.bytes_per_event if stats.wear else None,
+            "bytes_written_window_s": stats.wear.window_s if stats.wear else None,
         },
         "sinks": [
             {
@@ -68,7 +72,7 @@ def status_text(
     is longer than ``width``: long paths, names and errors are cut with an ellipsis.
     ``broker``: the MQTT broker's address, for the line on what it dropped."""
     now = time.time() if now is None else now
-    lines = [_spool_line(stats, width), *_disk_line(stats, width)]
+    lines = [_spool_line(stats, width), *_disk_line(stats, width), *_wear_line(stats, now, width)]
     lines += _broker_lines(stats.broker, broker or "the MQTT broker", now, width)
     if not stats.sinks:
         return "\n".join([*lines, "no sinks configured: events wait in the spool"])
@@ -123,6 +127,21 @@ def _disk_line(stats: SpoolStats, width: int) -> list[str]:
     free, grow = human_bytes(stats.disk_free), human_bytes(room)
     return [
         clip(f"low disk: {free} free, spool may grow {grow}; free space or lower max_size", width)
+    ]
+
+
+def _wear_line(stats: SpoolStats, now: float, width: int) -> list[str]:
+    """What the agent writes to its storage per event: an SD card's wear."""
+    wear = stats.wear
+    if wear is None:
+        return []
+    when = "" if now - wear.at < 3600 else f", measured {human_age(now - wear.at)} ago"
+    return [
+        clip(
+            f"disk writes: {human_bytes(wear.bytes_per_event)} per event over the last "
+            f"{human_age(wear.window_s)}{when} (relay's own, /proc/self/io)",
+            width,
+        )
     ]
 
 

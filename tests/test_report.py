@@ -148,6 +148,8 @@ def test_json_keys_are_stable() -> None:
         "rows",
         "dropped",
         "disk_free_bytes",
+        "bytes_written_per_event",
+        "bytes_written_window_s",
     }
     assert set(doc["sinks"][0]) == {
         "name",

@@ -20,6 +20,7 @@ import os, sys
 from pathlib import Path
 from relay.event import Event
 from relay.spool import Spool
+from relay.spool.writer import Pace
 
 def mark(text):
     os.write(1, text.encode())  # one write(2) each: it shows in the trace between phases
@@ -78,3 +79,62 @@ def test_puts_are_fsynced_and_acks_are_not(tmp_path: Path) -> None:
 def test_durability_normal_fsyncs_no_commit(tmp_path: Path) -> None:
     counts, _ = fsyncs_by_phase(tmp_path, "normal")
     assert counts.get("PUTS", 0) + counts.get("ACKS", 0) <= 2, counts
+
+
+WINDOW_CHILD = f"""
+import os, sys, threading, time
+from pathlib import Path
+from relay.event import Event
+from relay.spool import Spool
+from relay.spool.writer import Pace
+
+def mark(text):
+    os.write(1, text.encode())  # one write(2) each: its place in the trace
+
+done = threading.Semaphore(0)
+with Spool.open(Path(sys.argv[1]), durability="full", pace=Pace(commit_interval=1.0)) as spool:
+    spool.register_sinks(["cloud"])
+    for n in range({N}):
+        mark(f"PUT {{n}};")
+        spool.put_async(
+            [Event.new(node="n", source="test", name="door", payload=n)],
+            lambda error, n=n: (mark(f"ACK {{n}};"), done.release()),
+        )
+        time.sleep(0.05)
+    for _ in range({N}):
+        done.acquire()
+"""
+
+
+def test_a_commit_window_acknowledges_each_event_after_its_fsync(tmp_path: Path) -> None:
+    """With commit_interval, events share commits (fewer fsyncs), and none is answered
+    before an fsync that came after it was put."""
+    strace = shutil.which("strace")
+    if strace is None:
+        reason = "strace is not installed (apt-get install strace)"
+        if REQUIRE_BROKERS:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    trace = tmp_path / "trace"
+    traced = ["-f", "-qq", "-o", str(trace), "-e", "trace=fsync,fdatasync,write"]
+    subprocess.run(
+        [strace, *traced, sys.executable, "-c", WINDOW_CHILD, str(tmp_path / "state")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    put_at: dict[int, int] = {}
+    ack_at: dict[int, int] = {}
+    fsyncs: list[int] = []
+    for i, line in enumerate(trace.read_text().splitlines()):
+        if "fsync(" in line or "fdatasync(" in line:
+            fsyncs.append(i)
+        for kind, where in (("PUT", put_at), ("ACK", ack_at)):
+            if f'write(1, "{kind} ' in line:
+                where[int(line.split(f'"{kind} ', 1)[1].split(";", 1)[0])] = i
+    assert sorted(ack_at) == list(range(N))
+    for n in range(N):
+        assert any(put_at[n] < f < ack_at[n] for f in fsyncs), f"event {n} answered unsynced"
+    in_window = [f for f in fsyncs if put_at[0] < f < ack_at[N - 1]]
+    assert len(in_window) <= N / 4, f"{len(in_window)} fsyncs for {N} events in a window"

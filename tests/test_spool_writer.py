@@ -16,7 +16,7 @@ from relay.errors import SpoolClosed, SpoolError
 from relay.event import Event
 from relay.spool import file
 from relay.spool.txn import Txn
-from relay.spool.writer import ACK_DELAY_S, Writer
+from relay.spool.writer import ACK_DELAY_S, WINDOW_OPS, Pace, Writer
 
 
 class Harness:
@@ -25,7 +25,7 @@ class Harness:
         self.lock = threading.Lock()
         self.committed: list[Txn] = []
         self.writer = Writer(
-            self.conn, self.lock, self.txn, self.committed.append, ack_delay=ack_delay
+            self.conn, self.lock, self.txn, self.committed.append, pace=Pace(ack_delay=ack_delay)
         )
 
     def txn(self, c: sqlite3.Cursor) -> Txn:
@@ -134,3 +134,62 @@ def test_anything_else_ends_the_wait(h: Harness) -> None:
     for _ in range(3):
         h.writer.sync()
     assert len(h.committed) == 4
+
+
+def windowed(interval: float) -> Harness:
+    harness = Harness()
+    harness.writer.stop()
+    harness.writer.join()
+    harness.writer = Writer(
+        harness.conn,
+        harness.lock,
+        harness.txn,
+        harness.committed.append,
+        pace=Pace(commit_interval=interval),
+    )
+    return harness
+
+
+def test_a_commit_window_puts_several_events_in_one_commit() -> None:
+    """Puts answered by callback (MQTT's) wait up to commit_interval for company: a trickle
+    of 10 a second makes a commit a second, not ten; each is answered after its commit."""
+    h = windowed(1.0)
+    try:
+        answered: list[float] = []
+        for n in range(5):
+            h.writer.submit(
+                lambda t, n=n: t.insert([ev(n)]),
+                lambda r, e: answered.append(time.monotonic()),
+                window=True,
+            )
+            time.sleep(0.1)
+        deadline = time.monotonic() + 5
+        while len(answered) < 5:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert len(h.committed) == 1 and h.rows() == 5
+    finally:
+        h.writer.stop()
+        h.writer.join()
+
+
+def test_a_commit_window_closes_early_for_the_broker_and_for_a_waiter() -> None:
+    """16 waiting puts close it (the broker sends 20 unacknowledged at most), and so does a
+    caller that waits (relay push through the agent's own spool)."""
+    h = windowed(60.0)  # a window that never ran out would hang the test
+    try:
+        done = threading.Semaphore(0)
+        with h.lock:  # everything below is queued before the writer looks
+            for n in range(WINDOW_OPS):
+                h.writer.submit(
+                    lambda t, n=n: t.insert([ev(n)]), lambda r, e: done.release(), window=True
+                )
+        for _ in range(WINDOW_OPS):
+            assert done.acquire(timeout=10)
+        h.writer.submit(lambda t: t.insert([ev(99)]), lambda r, e: done.release(), window=True)
+        h.writer.call(lambda t: t.insert([ev(100)]))  # a waiter: commits the held one too
+        assert done.acquire(timeout=1)
+        assert h.rows() == WINDOW_OPS + 2
+    finally:
+        h.writer.stop()
+        h.writer.join()

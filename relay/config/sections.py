@@ -25,6 +25,16 @@ class SpoolConfig(Section):
     max_size: Size = ByteSize(256_000_000)
     when_full: Literal["reject", "drop_oldest"] = "reject"
     durability: Literal["full", "normal", "memory"] = "full"
+    # The longest an MQTT message or GPIO edge may wait in memory for its commit, so that
+    # one commit covers several (SD card wear); its producer hears "stored" only after it.
+    commit_interval: Duration = timedelta(0)
+
+    @field_validator("commit_interval")
+    @classmethod
+    def _short(cls, interval: timedelta) -> timedelta:
+        if interval > timedelta(seconds=10):
+            raise ValueError('must be at most "10s" (a broker waits for its acknowledgements)')
+        return interval
 
 
 class MqttConfig(Section):

@@ -207,6 +207,13 @@ class SpoolCollector(Collector):
             "Input refused at the door (too large, bad topic) and dead-lettered, by source",
             tallies.rejected,
         )
+        if stats.wear is not None:
+            yield GaugeMetricFamily(
+                "relay_disk_bytes_written_per_event",
+                "Bytes the agent wrote to storage per event it stored, over the last hour "
+                "(/proc/self/io: an SD card's wear)",
+                stats.wear.bytes_per_event,
+            )
         if stats.broker is not None:
             yield CounterMetricFamily(
                 "relay_broker_dropped_messages",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from relay.errors import DiskUnavailable, SpoolError
 from relay.spool.model import Durability
-from relay.spool.schema import migrate
+from relay.spool.schema import PAGE_SIZE, migrate
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 # checkpointed every LOW_SPACE_PAGES pages instead.
 LOW_SPACE = 16 * 1024 * 1024
 LOW_SPACE_PAGES = 16
+SMALL_FILE = 8 * 1024 * 1024  # a file up to this size is rewritten with PAGE_SIZE pages
 
 
 def open_file(path: Path, durability: Durability, *, check: bool) -> sqlite3.Connection:
@@ -35,7 +36,10 @@ def open_file(path: Path, durability: Durability, *, check: bool) -> sqlite3.Con
     except OSError as exc:
         raise _error(path, f"cannot create state_dir {path.parent}: {exc.strerror}") from None
     _set_aside_stray_journal(path)
+    new = not path.exists()
     conn = _connect(path)
+    if new:  # before anything is written: a file's page size is set by its first table
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
     try:
         problem = _check(conn) if check else None
     except sqlite3.DatabaseError as exc:  # not the file: the disk (full, read-only, failing)
@@ -46,8 +50,10 @@ def open_file(path: Path, durability: Durability, *, check: bool) -> sqlite3.Con
         _quarantine(path, problem)
         conn = _connect(path)
     try:
+        if check and not new:
+            _small_pages(conn, path)
         _configure(conn, durability)
-        migrate(conn)
+        migrate(conn, rebuild=_room_to_copy(path))
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise _error(path, f"cannot open spool {path}: {explain(path, exc)}") from None
@@ -62,6 +68,31 @@ def open_file(path: Path, durability: Durability, *, check: bool) -> sqlite3.Con
                 path,
             )
     return conn
+
+
+def _small_pages(conn: sqlite3.Connection, path: Path) -> None:
+    """A file made with larger pages (before relay used PAGE_SIZE) is rewritten with them,
+    when it is small: VACUUM writes it about three times over, which is nothing for a spool
+    a trickle keeps small, and a minute of SD card for a backlog of hundreds of MB, so a
+    large file keeps its pages until a start finds it small."""
+    size = path.stat().st_size
+    if conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE or size > SMALL_FILE:
+        return
+    if (free_bytes(path.parent) or 0) < 3 * size:
+        return
+    # The page size of a file in WAL mode cannot change; VACUUM needs the file to itself.
+    conn.execute("PRAGMA journal_mode=DELETE")
+    conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
+    conn.execute("VACUUM")
+    log.info(
+        "spool %s: rewritten with %d-byte pages (fewer bytes written per event)", path, PAGE_SIZE
+    )
+
+
+def _room_to_copy(path: Path) -> bool:
+    """Whether the disk holds a second copy of the file (a table rebuilt is copied whole)."""
+    size = path.stat().st_size if path.exists() else 0
+    return (free_bytes(path.parent) or 0) > 2 * size + LOW_SPACE
 
 
 def explain(path: Path, exc: sqlite3.Error) -> str:
@@ -112,6 +143,7 @@ def open_reader(path: Path) -> sqlite3.Connection:
 
 def open_memory() -> sqlite3.Connection:
     conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
     migrate(conn)
     return conn
 

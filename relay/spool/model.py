@@ -102,6 +102,15 @@ class BrokerDrops:
 
 
 @dataclass(frozen=True)
+class Wear:
+    """Bytes the agent wrote to storage per event it stored (``relay.spool.wear``)."""
+
+    bytes_per_event: int
+    window_s: int  # measured over this many seconds (up to an hour)
+    at: float  # wall time of the measurement
+
+
+@dataclass(frozen=True)
 class SpoolStats:
     path: str
     durability: str
@@ -112,6 +121,7 @@ class SpoolStats:
     sinks: list[SinkStats]
     disk_free: int | None = None  # bytes free on the disk holding the file (None: in memory)
     broker: BrokerDrops | None = None  # None: relay never watched an MQTT broker
+    wear: Wear | None = None  # None: the agent has not measured it yet
 
 
 @dataclass(frozen=True)

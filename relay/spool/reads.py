@@ -13,6 +13,7 @@ from typing import Any
 
 from relay.errors import SpoolError
 from relay.event import Command
+from relay.spool.figures import unfolded_bytes, unfolded_tallies
 from relay.spool.file import free_bytes
 from relay.spool.model import (
     BrokerDrops,
@@ -21,9 +22,17 @@ from relay.spool.model import (
     SinkStats,
     SpoolStats,
     Tallies,
+    Wear,
 )
 from relay.spool.overlay import Overlay
-from relay.spool.schema import BROKER_KEYS, COMMAND_COLUMNS, PENDING, QUEUED, RUNNING
+from relay.spool.schema import (
+    BROKER_KEYS,
+    COMMAND_COLUMNS,
+    PENDING,
+    QUEUED,
+    RUNNING,
+    WEAR_KEYS,
+)
 
 Conn = sqlite3.Connection | sqlite3.Cursor
 
@@ -46,12 +55,6 @@ def pending(c: Conn, sink: str, cursor: int, limit: int) -> list[tuple[int, byte
         f"SELECT seq, body, spooled_at {PENDING} ORDER BY seq LIMIT ?", (cursor, sink, limit)
     ).fetchall()
     return rows
-
-
-def high_water(c: Conn) -> int:
-    """The highest event seq ever given: it never goes back, whatever was deleted."""
-    row = c.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
-    return int(row[0]) if row else 0
 
 
 def pending_count(c: Conn, sink: str, cursor: int) -> int:
@@ -134,14 +137,22 @@ def spool_stats(
     return SpoolStats(
         path,
         durability,
-        meta["bytes"],
+        meta["bytes"] + unfolded_bytes(c),
         max_bytes,
         rows,
         meta["dropped"],
         sinks,
         free,
         _broker_drops(meta),
+        _wear(meta),
     )
+
+
+def _wear(meta: dict[str, int]) -> Wear | None:
+    if "wear_at" not in meta:
+        return None
+    per_event, window_s, at = (meta[k] for k in WEAR_KEYS)
+    return Wear(per_event, window_s, float(at))
 
 
 def broker_drops(c: Conn) -> BrokerDrops | None:
@@ -184,10 +195,13 @@ def _sink_stats(c: Conn, row: tuple[Any, ...], unsettled: Overlay) -> SinkStats:
 
 
 def tallies(c: Conn) -> Tallies:
-    """The counts the writes keep in ``meta`` as "ingested:<source>" and "rejected:<source>"."""
+    """The counts ``meta`` keeps as "ingested:<source>" and "rejected:<source>", with the
+    events stored since the figures were last folded (relay.spool.figures)."""
     found: dict[str, dict[str, int]] = {"ingested": {}, "rejected": {}}
     for key, value in c.execute("SELECT key, value FROM meta WHERE key LIKE '%:%'"):
         what, _, source = key.partition(":")
         if what in found:
             found[what][source] = value
+    for source, count in unfolded_tallies(c).items():
+        found["ingested"][source] = found["ingested"].get(source, 0) + count
     return Tallies(found["ingested"], found["rejected"])

@@ -21,11 +21,25 @@ import sqlite3
 
 from relay.spool.model import BrokerDrops
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+# Bytes per page of a new file: SQLite writes whole pages, and an event's commit rewrites the
+# page its row lands on (and one of the WAL's); 1 KiB pages write a quarter of 4 KiB's.
+PAGE_SIZE = 1024
 
 # Bytes charged per row on top of its body (keys, record header, index entry), so that the
 # size cap tracks the file and not only the payloads.
 ROW_OVERHEAD = 64
+
+# Sources counted by name in the file's tallies; any other (``relay.push(source=...)`` takes
+# any string) counts as "other", so that the tallies, and the metrics read from them, stay
+# a handful of rows.
+SOURCES = frozenset({"mqtt", "gpio", "push", "command", "amqp"})
+# The rows not yet in the figures of meta (relay.spool.figures), and the source of a row.
+FOLDED = (
+    "FROM events WHERE seq > coalesce((SELECT value FROM meta WHERE key = 'folded_seq'), 0) "
+    "AND sink IS NULL"
+)
+TALLY_SOURCE = "json_extract(CAST(body AS TEXT), '$.source')"
 
 # A sink's pending events: after its cursor, for every sink or replayed for this one.
 # Parameters: (cursor, sink).
@@ -67,6 +81,14 @@ def broker_values(d: BrokerDrops) -> tuple[int, ...]:
         -1 if d.visible is None else int(d.visible),
     )
 
+
+EVENTS_COLUMNS = (
+    "seq INTEGER PRIMARY KEY, id TEXT NOT NULL, body BLOB NOT NULL, spooled_at REAL NOT NULL, "
+    "sink TEXT, mid INTEGER, digest BLOB"
+)
+
+# Bytes the agent wrote per event stored, over how many seconds, and when (relay.spool.wear).
+WEAR_KEYS = ("wear_bytes_per_event", "wear_window_s", "wear_at")
 
 # A device command's states.
 QUEUED, RUNNING, DONE = "queued", "running", "done"
@@ -136,19 +158,54 @@ MIGRATIONS: dict[int, list[str]] = {
         # The newest event seq when the command was recorded: how far back it lies in the
         # stream of messages (a command's outcome is an event, so the seq moves on).
         "ALTER TABLE commands ADD COLUMN at_seq INTEGER",
+        # The figures in meta were written by every commit so far: all of them folded.
+        "INSERT INTO meta VALUES ('folded_seq', "
+        "(SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'events'))",
+        "INSERT INTO meta VALUES ('seq_floor', 0)",
+    ],
+    3: [
+        # events without AUTOINCREMENT (its sqlite_sequence page was written by every
+        # insert); the high water it kept goes to meta (see relay.spool.figures).
+        f"CREATE TABLE events_v4 ({EVENTS_COLUMNS})",
+        "INSERT INTO events_v4 SELECT seq, id, body, spooled_at, sink, mid, digest FROM events",
+        "UPDATE meta SET value = max(value, "
+        "(SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'events')) "
+        "WHERE key = 'seq_floor'",
+        "DROP TABLE events",
+        "ALTER TABLE events_v4 RENAME TO events",
+        "DELETE FROM sqlite_sequence WHERE name = 'events'",
+        "CREATE INDEX events_replays ON events (sink, seq) WHERE sink IS NOT NULL",
     ],
 }
+# A new file is made at SCHEMA_VERSION at once.
+FRESH = [
+    f"CREATE TABLE events ({EVENTS_COLUMNS})",
+    *MIGRATIONS[0][1:],  # the replay index, sinks, dead_letters, meta
+    *MIGRATIONS[1],  # commands
+    *MIGRATIONS[2][2:5],  # commands' producer key and stream position
+    "INSERT INTO meta VALUES ('folded_seq', 0), ('seq_floor', 0)",
+]
 
 
-def migrate(conn: sqlite3.Connection) -> None:
+def migrate(conn: sqlite3.Connection, *, rebuild: bool = True) -> None:
     """Bring the file open as ``conn`` to :data:`SCHEMA_VERSION`; ``sqlite3.DatabaseError``
-    for a file made by a newer relay."""
+    for a file made by a newer relay. A new file is made at it at once. Without
+    ``rebuild``, a file at version 3 stays there (its events table would be copied whole,
+    which needs room for a second one): version 3 works as it is."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise sqlite3.DatabaseError(
             f"schema version {version} is newer than this relay understands ({SCHEMA_VERSION})"
         )
-    while version < SCHEMA_VERSION:
+    fresh = version == 0 and not conn.execute("SELECT 1 FROM sqlite_master").fetchone()
+    if fresh:
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in FRESH:
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+        return
+    while version < SCHEMA_VERSION and (rebuild or version < 3):
         conn.execute("BEGIN IMMEDIATE")
         for statement in MIGRATIONS[version]:
             conn.execute(statement)

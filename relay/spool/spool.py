@@ -33,7 +33,8 @@ from relay.spool.model import (
 )
 from relay.spool.overlay import Overlay
 from relay.spool.txn import Txn
-from relay.spool.writer import ACK_DELAY_S, Writer
+from relay.spool.wear import WearMeter
+from relay.spool.writer import AS_SOON_AS_SAFE, Pace, Writer
 
 log = logging.getLogger("relay.spool")
 
@@ -52,7 +53,7 @@ class Spool:
         durability: Durability,
         max_bytes: int,
         when_full: WhenFull,
-        ack_delay: float = ACK_DELAY_S,
+        pace: Pace = AS_SOON_AS_SAFE,
     ) -> None:
         self.path = path
         self.durability = durability
@@ -68,9 +69,7 @@ class Spool:
         self._changes = Changes()
         self._last_drop_log = float("-inf")
         self._unsettled = Overlay()  # acks and retry counters, maybe not committed yet
-        self._writer = Writer(
-            conn, self._lock, self._new_txn, self._on_committed, ack_delay=ack_delay
-        )
+        self._writer = Writer(conn, self._lock, self._new_txn, self._on_committed, pace=pace)
 
     @classmethod
     def open(
@@ -81,13 +80,15 @@ class Spool:
         max_bytes: int = 256_000_000,
         when_full: WhenFull = "reject",
         check: bool = False,
-        ack_delay: float = ACK_DELAY_S,
+        pace: Pace = AS_SOON_AS_SAFE,
     ) -> Spool:
         """Open (creating if needed) ``<state_dir>/spool.db``; ``SpoolError`` if it cannot.
 
         ``check`` (the agent sets it) runs ``PRAGMA quick_check`` and moves a corrupt file
         aside, so that a damaged file never becomes a crash loop. ``ack_delay``: how long
-        acks may wait for company (see :meth:`ack`).
+        acks may wait for company (see :meth:`ack`); ``commit_interval``: how long a put
+        answered by callback may wait for its commit (``relay.spool.writer``); ``wear``:
+        what measures the bytes written per event.
         """
         path: Path | None = None
         if durability == "memory":
@@ -104,7 +105,7 @@ class Spool:
             durability=durability,
             max_bytes=max_bytes,
             when_full=when_full,
-            ack_delay=ack_delay,
+            pace=pace,
         )
 
     @classmethod
@@ -123,6 +124,9 @@ class Spool:
             max_bytes=int(cfg.max_size),
             when_full=cfg.when_full,
             check=agent,
+            pace=Pace(commit_interval=cfg.commit_interval.total_seconds(), wear=WearMeter())
+            if agent
+            else AS_SOON_AS_SAFE,
         )
 
     def close(self) -> None:
@@ -167,6 +171,7 @@ class Spool:
         self._writer.submit(
             chained(lambda t: t.insert(events), chain),
             chain_reply(lambda _, error: done(error), chain),
+            window=True,
         )
 
     def put_once_async(
@@ -182,7 +187,9 @@ class Spool:
         (``key.resent``) that is stored already is not stored twice. ``done(stored,
         error)``: ``stored`` is False for such a message."""
         self._writer.submit(
-            chained(lambda t: t.insert_once(event, key), chain), chain_reply(done, chain)
+            chained(lambda t: t.insert_once(event, key), chain),
+            chain_reply(done, chain),
+            window=True,
         )
 
     def reject_async(self, sink: str, event: Event, reason: str, done: Done) -> None:
@@ -322,8 +329,8 @@ class Spool:
 
     def note_broker_drops(self, drops: BrokerDrops) -> None:
         """Keep ``drops`` for ``relay status``; returns at once. A status, not an event: it
-        is committed as an ack is (no fsync of its own, maybe a little later)."""
-        self._writer.ack(lambda t: t.note_broker_drops(drops))
+        is committed without an fsync of its own."""
+        self._writer.note(lambda t: t.note_broker_drops(drops))
 
     # ---------------------------------------------------------------- observing
 

@@ -1,11 +1,12 @@
 """Every write to the spool file, as done inside one group-commit transaction by the writer
 thread: events, the sinks' cursors and counters, dead letters, device commands.
 
-A ``Txn`` reads the byte count once at the start, keeps it in Python while the operations of
-the batch run, and writes it back once at the end; puts are collected and inserted with one
-``executemany`` before anything that reads the table. Each operation checks what it needs
-before it writes, so an operation that is refused (``SpoolFull``, unknown sink) leaves nothing
-behind and its neighbours in the same commit go on.
+A ``Txn`` keeps the byte count in Python while the operations of the batch run (its
+``Figures``, folded into ``meta`` only by commits that write other pages anyway: see
+``relay.spool.figures``); puts are collected and inserted with one ``executemany`` before
+anything that reads the table. Each operation checks what it needs before it writes, so an
+operation that is refused (``SpoolFull``, unknown sink) leaves nothing behind and its
+neighbours in the same commit go on.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from relay.errors import SpoolFull
 from relay.event import Command, Event
 from relay.spool import reads
+from relay.spool.figures import Figures
 from relay.spool.model import BrokerDrops, SourceKey, WhenFull
 from relay.spool.schema import (
     BROKER_KEYS,
@@ -29,6 +31,8 @@ from relay.spool.schema import (
     QUEUED,
     ROW_OVERHEAD,
     RUNNING,
+    SOURCES,
+    WEAR_KEYS,
     broker_values,
 )
 
@@ -36,10 +40,6 @@ log = logging.getLogger("relay.spool")
 
 TRIM_BATCH = 512  # delete delivered rows this many at a time: fewer, larger page writes
 KEEP_DONE = 10_000  # finished commands remembered, so that a repeated id is recognised
-# Sources counted by name in the file's tallies; any other (``relay.push(source=...)`` takes
-# any string) counts as "other", so that the tallies, and the metrics read from them, stay
-# a handful of rows.
-SOURCES = frozenset({"mqtt", "gpio", "push", "command", "amqp"})
 
 
 class Txn:
@@ -51,20 +51,26 @@ class Txn:
         self.wakes = False  # whether the batch added work for the sinks
         self.commands_added = False  # whether it recorded a device command
         self.dropped = 0
-        self._used: int | None = None  # the byte count, read when first needed
+        self.inserted = 0  # events this commit stores
+        self.fold = False  # the writer's say: this commit writes other pages (acks) anyway
+        self.figures = Figures(c)
         self._trim_due = False  # something moved a cursor or freed rows
         self._rows: list[tuple[str, bytes, float, int | None, bytes | None]] = []
-        self._tallies: dict[str, int] = {}  # "ingested:<source>" -> events this batch
+        self._tallies: dict[str, int] = {}  # "rejected:<source>" -> events this batch
 
     @property
     def used(self) -> int:
-        if self._used is None:
-            self._used = self._meta("bytes")
-        return self._used
+        """Bytes the spool's rows take, as of now in this transaction."""
+        return self.figures.used
 
     @used.setter
     def used(self, value: int) -> None:
-        self._used = value
+        self.figures.used = value
+
+    def _freed(self, n: int) -> None:
+        """``n`` bytes freed, or taken, other than by inserting events."""
+        self.figures.used = self.used - n
+        self.figures.changed = True
 
     def _meta(self, key: str) -> int:
         return int(self.c.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0])
@@ -73,8 +79,7 @@ class Txn:
         self.flush()
         if self._trim_due:
             self.trim()
-        if self._used is not None:
-            self.c.execute("UPDATE meta SET value=? WHERE key='bytes'", (self._used,))
+        self.figures.finish(fold=self.fold)
         if self.dropped:
             self.c.execute("UPDATE meta SET value = value + ? WHERE key='dropped'", (self.dropped,))
         for key, count in self._tallies.items():
@@ -84,16 +89,19 @@ class Txn:
             )
 
     def _tally(self, what: str, source: str, count: int = 1) -> None:
-        """Count stored events in the file, in this commit: exact across processes (relay
-        push writes here too) and restarts, and never counting an event that was refused."""
+        """Count refused events in the file, in this commit (stored ones are counted as the
+        figures fold): exact across processes (relay push writes here too) and restarts."""
         key = f"{what}:{source if source in SOURCES else 'other'}"
         self._tallies[key] = self._tallies.get(key, 0) + count
 
     def flush(self) -> None:
         if self._rows:
+            self.inserted += len(self._rows)
+            seqs = self.figures.next_seqs(len(self._rows))
             self.c.executemany(
-                "INSERT INTO events (id, body, spooled_at, mid, digest) VALUES (?, ?, ?, ?, ?)",
-                self._rows,
+                "INSERT INTO events (seq, id, body, spooled_at, mid, digest) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(seq, *row) for seq, row in zip(seqs, self._rows, strict=True)],
             )
             self._rows = []
 
@@ -128,9 +136,6 @@ class Txn:
         self._rows.extend(rows)
         self.used += need
         self.wakes = True
-        sources = [e.source for e in events]
-        for source in set(sources):  # one or two sources per batch: a count each, in C
-            self._tally("ingested", source, sources.count(source))
 
     def _seen(self, key: SourceKey) -> bool:
         """Whether an event with ``key`` is among the newest rows (see ``KEEP_KEYED``)."""
@@ -138,12 +143,14 @@ class Txn:
         return (
             self.c.execute(
                 "SELECT 1 FROM events WHERE seq > ? AND mid = ? AND digest = ? LIMIT 1",
-                (reads.high_water(self.c) - KEEP_KEYED, key.id, key.digest),
+                (self.figures.high_water() - KEEP_KEYED, key.id, key.digest),
             ).fetchone()
             is not None
         )
 
     def _drop_oldest(self, excess: int) -> None:
+        self.flush()
+        self.figures.before_delete()
         freed = dropped = 0
         while freed < excess:
             rows = self.c.execute(
@@ -165,7 +172,7 @@ class Txn:
                 break
             self.c.execute("DELETE FROM dead_letters WHERE sink=? AND seq=?", row[:2])
             freed, dropped = freed + row[2], dropped + 1
-        self.used -= freed
+        self._freed(freed)
         self.dropped += dropped
 
     def reject(self, sink: str, event: Event, reason: str) -> None:
@@ -181,7 +188,7 @@ class Txn:
             "INSERT INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)",
             (sink, seq, event.id, body, reason, 1, self.now),
         )
-        self.used += need
+        self._freed(-need)
         self._tally("rejected", event.source)
 
     # ------------------------------------------------------------ sinks
@@ -198,6 +205,7 @@ class Txn:
                 gone,
                 pending,
             )
+            self.figures.before_delete()
             c.execute("DELETE FROM sinks WHERE name=?", (gone,))
             c.execute("DELETE FROM events WHERE sink IS NOT NULL AND sink=?", (gone,))
             self._trim_due = True  # its cursor no longer holds rows back
@@ -211,6 +219,7 @@ class Txn:
         if names and first_ever:
             c.execute("UPDATE meta SET value = 1 WHERE key='sinks_seen'")
         # Start-up is the moment to correct any drift in the byte count.
+        self.figures.changed = True
         self.used = c.execute(
             f"SELECT (SELECT {EVENT_BYTES} FROM events) + (SELECT {DL_BYTES} FROM dead_letters)"
         ).fetchone()[0]
@@ -259,7 +268,7 @@ class Txn:
             "last_error=?, last_error_at=? WHERE name=?",
             (seq, reason, self.now, sink),
         )
-        self.used += len(row[1]) + len(reason) + ROW_OVERHEAD
+        self._freed(-(len(row[1]) + len(reason) + ROW_OVERHEAD))
         self._trim_due = True
 
     # ------------------------------------------------------------ dead letters
@@ -276,11 +285,11 @@ class Txn:
             if dl_sink not in known:
                 continue  # that sink is no longer configured: nothing would ever send it
             self.c.execute(
-                "INSERT INTO events (id, body, spooled_at, sink) VALUES (?, ?, ?, ?)",
-                (event_id, body, self.now, dl_sink),
+                "INSERT INTO events (seq, id, body, spooled_at, sink) VALUES (?, ?, ?, ?, ?)",
+                (self.figures.next_seqs(1)[0], event_id, body, self.now, dl_sink),
             )
             self.c.execute("DELETE FROM dead_letters WHERE sink=? AND seq=?", (dl_sink, seq))
-            self.used -= len(reason)  # the row keeps its body and overhead, loses its reason
+            self._freed(len(reason))  # the row keeps its body and overhead, loses its reason
             moved += 1
         self.wakes = self.wakes or moved > 0
         return moved
@@ -291,7 +300,7 @@ class Txn:
             f"SELECT count(*), {DL_BYTES} FROM dead_letters{where}", args
         ).fetchone()
         self.c.execute(f"DELETE FROM dead_letters{where}", args)
-        self.used -= freed
+        self._freed(freed)
         return int(count)
 
     # ------------------------------------------------------------ housekeeping
@@ -312,22 +321,35 @@ class Txn:
         args: tuple[int, ...] = (upto,)
         if not force:
             done += " AND (mid IS NULL OR seq <= ?)"
-            args = (upto, reads.high_water(c) - KEEP_KEYED)
+            args = (upto, self.figures.high_water() - KEEP_KEYED)
         count, freed = c.execute(f"SELECT count(*), {EVENT_BYTES} {done}", args).fetchone()
         if count < TRIM_BATCH and low < last and not force:
             return  # wait for a fuller batch, unless every sink has caught up
         if count:
+            self.figures.before_delete()
             c.execute(f"DELETE {done}", args)
         # A replay for one sink goes as soon as that sink has it.
         for sink, cursor in c.execute("SELECT name, cursor FROM sinks").fetchall():
             mine = "FROM events WHERE sink IS NOT NULL AND sink = ? AND seq <= ?"
             size = c.execute(f"SELECT {EVENT_BYTES} {mine}", (sink, cursor)).fetchone()[0]
             if size:
+                self.figures.before_delete()
                 c.execute(f"DELETE {mine}", (sink, cursor))
                 freed += size
-        self.used -= freed
+        if freed:
+            self._freed(freed)
 
-    # ------------------------------------------------------------ the broker
+    # ------------------------------------------------------------ the agent's figures
+
+    def note_wear(self, wear: tuple[int, int] | None) -> None:
+        """Bytes written per event over how many seconds (relay.spool.wear), and when."""
+        if wear is not None:
+            values = [*zip(WEAR_KEYS, (*wear, int(self.now)), strict=True)]
+            self.c.executemany(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = "
+                "excluded.value",
+                values,
+            )
 
     def note_broker_drops(self, drops: BrokerDrops) -> None:
         self.c.executemany(
@@ -341,7 +363,7 @@ class Txn:
         """Queue ``cmd``; False (and nothing stored) when its id was seen before, or when
         ``key`` says the producer sent it before and it is recorded already."""
         self.flush()
-        at_seq = reads.high_water(self.c)
+        at_seq = self.figures.high_water()
         if key is not None and key.resent:
             seen = self.c.execute(
                 "SELECT 1 FROM commands WHERE mid = ? AND digest = ? AND at_seq > ? LIMIT 1",

@@ -15,9 +15,16 @@ Two kinds of operation:
   since losing it only means its events are sent again, which at-least-once allows. A batch
   of nothing but acks is committed with ``synchronous=NORMAL``, without an fsync (it becomes
   durable with the next fsync'd commit or checkpoint, as WAL frames are written in order). And
-  an ack waits up to ``ack_delay`` for company before it commits: anything else that comes
-  ends the wait (:meth:`Writer.sync` does, on purpose). A sink draining a backlog one event at
-  a time makes one commit per ``ack_delay``, not one per event.
+  an ack waits up to ``ack_delay`` for company before it commits: a sink makes one commit of
+  acks a second at most, not one per event, draining or at a trickle (this process reads its
+  own acks from memory meanwhile: ``relay.spool.overlay``).
+
+With a ``commit_interval`` (the SD card's friend), a durable write whose producer waits by
+callback (an MQTT message, acknowledged to the broker after the commit) may also wait up to
+that long for company, so that one commit and one fsync cover several; the wait ends early
+once ``WINDOW_OPS`` such writes wait, since the broker sends only so many unacknowledged
+messages at once (Mosquitto: 20), and at once when anyone calls and waits. Nobody hears
+"stored" before the commit either way.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from relay import crashpoints
@@ -36,6 +44,7 @@ from relay.logonce import LogOnce
 from relay.spool.file import keep_wal_small
 from relay.spool.inbox import Inbox
 from relay.spool.txn import Txn
+from relay.spool.wear import WearMeter
 
 log = logging.getLogger("relay.spool")
 
@@ -45,15 +54,33 @@ T = TypeVar("T")
 Reply = Callable[[T | None, SpoolError | None], None]
 
 _BATCH_OPS = 1024  # most operations one commit takes
-ACK_DELAY_S = 0.1  # how long acks may gather by default (a kill re-sends theirs)
+ACK_DELAY_S = 1.0  # how long acks may gather by default (a kill re-sends theirs)
+WINDOW_OPS = 16  # writes in a commit window that close it (the broker's 20 in flight, less)
 _QUEUE_OPS = 8192  # bound on operations waiting for the writer
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How the writer paces its commits (see the module): how long acks gather, how long a
+    write in the commit window may wait; ``wear`` measures the bytes written per event."""
+
+    ack_delay: float = ACK_DELAY_S
+    commit_interval: float = 0.0
+    wear: WearMeter | None = None
+
+
+AS_SOON_AS_SAFE = Pace()  # the default: acks gather a second, events commit at once
+
+
 _STOP = object()
 
 
 class _Op(Generic[T]):
     """One queued write. A blocking caller waits on ``lock``, which the writer releases."""
 
-    __slots__ = ("apply", "error", "finished", "gather", "lock", "relaxed", "reply", "result")
+    __slots__ = (
+        "apply", "error", "finished", "gather", "lock", "relaxed", "reply", "result", "window"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -62,11 +89,13 @@ class _Op(Generic[T]):
         *,
         relaxed: bool = False,
         gather: bool = False,
+        window: bool = False,
     ) -> None:
         self.apply = apply
         self.reply = reply
         self.relaxed = relaxed  # no fsync of its own (see the module)
         self.gather = gather  # an ack: may wait for company
+        self.window = window  # a durable write that may wait in the commit window
         self.result: T | None = None
         self.error: SpoolError | None = None
         self.finished = False
@@ -86,11 +115,6 @@ class _Op(Generic[T]):
             self.lock.release()
 
 
-def _deferrable(op: _Op[Any] | object) -> bool:
-    """An ack, which may wait for company."""
-    return isinstance(op, _Op) and op.gather
-
-
 def _ignore(result: object, error: SpoolError | None) -> None:
     """For acks nobody listens for: the writer logs a failed commit once already."""
 
@@ -99,8 +123,8 @@ class Writer:
     """Owns the writes to ``conn`` (guarded by ``lock``) and the thread that makes them.
 
     ``txn_factory(cursor)`` makes the ``Txn`` of each commit; ``on_committed(txn)`` runs on
-    the writer thread after a commit succeeded and its operations were reported. Acks
-    gather for up to ``ack_delay`` seconds.
+    the writer thread after a commit succeeded and its operations were reported; ``pace``
+    says how long writes may wait for company.
     """
 
     def __init__(
@@ -109,11 +133,13 @@ class Writer:
         lock: threading.Lock,
         txn_factory: Callable[[sqlite3.Cursor], Txn],
         on_committed: Callable[[Txn], None],
-        *,
-        ack_delay: float = ACK_DELAY_S,
+        pace: Pace = AS_SOON_AS_SAFE,
     ) -> None:
         self._conn = conn
-        self._ack_delay = ack_delay
+        self._ack_delay = pace.ack_delay
+        self._commit_interval = pace.commit_interval
+        self._wear = pace.wear
+        self._stored = 0  # events this process stored, for the wear figure
         self._lock = lock
         self._txn_factory = txn_factory
         self._on_committed = on_committed
@@ -139,16 +165,21 @@ class Writer:
         is full."""
         return self._wait(_Op(apply))
 
-    def submit(self, apply: Callable[[Txn], T], reply: Reply[T]) -> None:
+    def submit(self, apply: Callable[[Txn], T], reply: Reply[T], *, window: bool = False) -> None:
         """A durable write, queued: returns at once, and ``reply`` reports it after the
         commit (quick, and never calling the spool: it runs on the thread that would serve
-        the call)."""
-        self._submit(_Op(apply, reply))
+        the call). ``window``: it may wait in the commit window (see the module)."""
+        self._submit(_Op(apply, reply, window=window))
 
     def ack(self, apply: Callable[[Txn], T], reply: Reply[T] = _ignore) -> None:
         """An ack, queued: no fsync of its own, and it may wait up to ``ack_delay`` for
         other writes to share its commit; ``reply`` as for :meth:`submit`."""
         self._submit(_Op(apply, reply, relaxed=True, gather=True))
+
+    def note(self, apply: Callable[[Txn], object]) -> None:
+        """A figure for other processes to read (``relay status``), queued: no fsync of its
+        own, committed without waiting for company."""
+        self._submit(_Op(apply, _ignore, relaxed=True))
 
     def sync(self) -> None:
         """Return once every write queued before this call is committed and reported; acks
@@ -199,16 +230,36 @@ class Writer:
                 return
 
     def _gather(self, items: list[_Op[Any] | object]) -> list[_Op[Any] | object]:
-        """``items``, and what comes within ``ack_delay`` while all are acks."""
-        deadline = time.monotonic() + self._ack_delay
+        """``items``, and what comes while everything taken may wait: acks up to
+        ``ack_delay``, writes in the commit window up to ``commit_interval`` (and no more
+        than ``WINDOW_OPS`` of them)."""
+        now = time.monotonic()
+        deadline = {"ack": now + self._ack_delay, "window": now + self._commit_interval}
         more = items
-        while len(items) < _BATCH_OPS and all(_deferrable(op) for op in more):
-            left = deadline - time.monotonic()
+        while len(items) < _BATCH_OPS:
+            kinds = {self._may_wait(op) for op in more}
+            if None in kinds:
+                break  # someone waits, or a write that may not: commit now
+            windowed = sum(1 for op in items if isinstance(op, _Op) and op.window)
+            if windowed >= WINDOW_OPS:
+                break
+            waiting = {self._may_wait(op) for op in items}
+            left = min(deadline[k] for k in waiting if k is not None) - time.monotonic()
             more = self._ops.take(_BATCH_OPS - len(items), left) if left > 0 else []
             if not more:
                 break
             items += more
         return items
+
+    def _may_wait(self, op: _Op[Any] | object) -> str | None:
+        """What kind of wait ``op`` allows ("ack", "window"), or None: none."""
+        if not isinstance(op, _Op):
+            return None  # the stop marker
+        if op.gather:
+            return "ack"
+        if op.window and self._commit_interval > 0:
+            return "window"
+        return None
 
     def _fail(self, batch: list[_Op[Any]], exc: Exception) -> None:
         with self._lock, contextlib.suppress(sqlite3.Error):
@@ -224,14 +275,18 @@ class Writer:
         with self._lock:
             c = self._conn.cursor()
             try:
-                self._set_relaxed(all(op.relaxed for op in batch))
+                relaxed = all(op.relaxed for op in batch)
+                self._set_relaxed(relaxed)
                 c.execute("BEGIN IMMEDIATE")
                 txn = self._txn_factory(c)
+                txn.fold = relaxed  # a commit of acks writes other pages than events' anyway
                 for op in batch:
                     try:
                         op.result = op.apply(txn)
                     except SpoolError as exc:  # this one is refused; the others go on
                         op.error = exc
+                if relaxed and self._wear is not None and self._wear.due():
+                    txn.note_wear(self._wear.sample(self._stored))
                 txn.finish()
                 crashpoints.crash("before_commit")
                 c.execute("COMMIT")
@@ -246,6 +301,7 @@ class Writer:
         for op in batch:
             op.finish()
         if txn is not None:
+            self._stored += txn.inserted
             if self._failing.succeeded():
                 log.info("spool writes succeed again (%s)", self._path)
             if self._reclaim:
