@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench check-platform clean
 
 # The systemd extra (systemd-python) compiles against libsystemd, so it is added where
 # pkg-config finds libsystemd (.ci/run installs libsystemd-dev first): `make demo` still works
@@ -23,7 +23,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	@if command -v shellcheck >/dev/null; then shellcheck scripts/install .ci/run; \
+	@if command -v shellcheck >/dev/null; then shellcheck scripts/install scripts/check-platform tests/platform/smoke .ci/run; \
 	else echo "shellcheck not installed: scripts not linted"; fi
 
 # Most tests wait on brokers, sockets and child processes rather than the CPU, so four
@@ -35,6 +35,12 @@ test: lint
 # Every benchmark, one summary table (~15 min; `make bench BENCH=--quick`: ~3 min).
 bench: $(BIN)/.installed
 	$(BIN)/python tests/bench/run_all $(BENCH)
+
+# README's Pi install, run in an emulated Debian 12 root per architecture (root; cold ~10 min
+# each, warm ~3-4 min): `make check-platform ARCH=arm64` for one.
+ARCH ?= arm64 armhf
+check-platform:
+	@for arch in $(ARCH); do scripts/check-platform $$arch || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

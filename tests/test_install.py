@@ -193,6 +193,18 @@ def test_a_second_run_changes_nothing_and_keeps_an_edited_config(root: Path) -> 
     assert snapshot(root) == before
 
 
+def test_install_writes_the_mosquitto_drop_in_when_told(root: Path) -> None:
+    """With a Mosquitto in the root: --mosquitto-dropin writes README's drop-in (what the
+    script does otherwise: tests/test_mosquitto_dropin.py)."""
+    conf_d = root / "etc/mosquitto/conf.d"
+    conf_d.mkdir(parents=True)
+    (root / "etc/mosquitto/mosquitto.conf").write_text("include_dir /etc/mosquitto/conf.d\n")
+    result = run_install("--root", root, "--mosquitto-dropin")
+    assert result.returncode == 0, result.stderr
+    assert "relay install: wrote /etc/mosquitto/conf.d/relay.conf" in result.stdout
+    assert (conf_d / "relay.conf").read_bytes() == (REPO / "etc/mosquitto-relay.conf").read_bytes()
+
+
 def test_uninstall_keeps_the_spool_and_config_unless_purged(tmp_path: Path) -> None:
     root = tmp_path / "root"
     files = {
