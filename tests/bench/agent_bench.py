@@ -2,7 +2,8 @@
 NOTIFY_SOCKET. End-to-end latency, idle CPU, memory, start-up time, bytes written to disk.
 
     .venv/bin/python tests/bench/agent_bench.py [--rate 50] [--seconds 10] [--idle 60]
-        [--backlog 1000000] [--burst 10000] [--json]
+        [--backlog 1000000] [--burst 10000] [--wear-rates 1,10,50] [--wear-seconds 60]
+        [--json]
 
 The agent reads a private Mosquitto on a free port (MQTT source, QoS 1) and posts to an
 HTTP receiver in its own process (receiver.py). Each figure sits beside a baseline from
@@ -14,8 +15,11 @@ the same run where one means something:
 - RSS and start-up with a ``--backlog`` queued (filled with the Spool API, the sink at a
   closed port so that nothing drains): against the same agent on an empty spool;
 - bytes written to storage per event (/proc/<pid>/io write_bytes, the SD card's wear) as
-  events flow at ``--rate`` and in a burst of ``--burst``, durability "full" and "normal":
-  against the size of the event's JSON (the ratio is the write amplification);
+  events flow at each of ``--wear-rates`` for ``--wear-seconds`` and in a burst of
+  ``--burst``: with the defaults, with ``commit_interval = "1s"`` and with durability
+  "normal", against the size of the event's JSON (the ratio is the write amplification);
+- the agent's CPU per event at 10/s (utime + stime over the 10/s flow, defaults): against
+  the plain paho -> httpx bridge at the same rate;
 - idle CPU ticks and wake-ups over ``--idle`` seconds: no baseline, 0 is the goal;
 - kill -9 to the MQTT session resumed: from exec to relay's "subscribed" line (the broker
   delivers what it queued from then on), after a kill -9, on an empty spool and with
@@ -67,19 +71,34 @@ STARTS = 3  # start-up time: the median of this many
 
 
 @dataclass
+class Wear:
+    per_event: dict[float, float]  # bytes written per event at each rate
+    burst: float  # the same in a burst
+    cpu_ms: float | None  # CPU per event at 10/s
+
+
+# The spool settings whose wear the bench shows: [spool]'s lines.
+WEAR_CONFIGS = {
+    "defaults": "",
+    'commit_interval "1s"': 'commit_interval = "1s"\n',
+    'durability "normal"': 'durability = "normal"\n',
+}
+
+
+@dataclass
 class Bench:
     tmp: Path
     broker: PrivateMosquitto
     rx: ReceiverProcess
 
-    def config(self, url: str, durability: str = "full", state: Path | None = None) -> Path:
+    def config(self, url: str, spool: str = "", state: Path | None = None) -> Path:
         """A config (on a fresh state dir unless ``state``): MQTT source bench/# (QoS 1),
-        one HTTP sink "cloud" at ``url``."""
+        one HTTP sink "cloud" at ``url``; ``spool``: lines for ``[spool]``."""
         name = uuid.uuid4().hex[:8]
         path = self.tmp / f"relay-{name}.toml"
         path.write_text(
             f'node = "bench"\nstate_dir = "{state or self.tmp / name}"\nlog_level = "warning"\n'
-            f'[spool]\ndurability = "{durability}"\nmax_size = "4GB"\n'
+            f'[spool]\n{spool}max_size = "4GB"\n'
             f'[mqtt]\nhost = "{self.broker.host}"\nport = {self.broker.port}\n'
             f'client_id = "relay-bench-{name}"\n'
             '[[sources]]\ntype = "mqtt"\ntopics = ["bench/#"]\nqos = 1\n'
@@ -135,28 +154,43 @@ class Bench:
         pairs = self.received("latencies")
         return [1000 * (arrived - sent) for sent, arrived in pairs]
 
-    def relay_flows(
-        self, durability: str, rate: float, seconds: float, burst: int
-    ) -> tuple[list[float], float, float]:
-        """Latencies at ``rate``, then bytes written per event at ``rate`` and in a burst."""
+    def relay_latencies(self, rate: float, seconds: float) -> list[float]:
+        """Latencies at ``rate`` with the defaults."""
         with (
-            self.agent(self.config(self.rx.url, durability)) as agent,
+            self.agent(self.config(self.rx.url)),
             Publisher(self.broker.host, self.broker.port) as pub,
         ):
             self.warm_up(pub, "bench/flow")
-            n = int(rate * seconds)
-            before = write_bytes(agent.pid)
-            latencies = self.flow(pub, "bench/flow", n, rate)
-            time.sleep(1)  # the acks of the last events are committed after delivery
-            paced = (write_bytes(agent.pid) - before) / n
-            self.rx.reset()
-            before = write_bytes(agent.pid)
-            self.flow(pub, "bench/flow", burst, None)
-            time.sleep(1)
-            bursted = (write_bytes(agent.pid) - before) / burst
-        return latencies, paced, bursted
+            return self.flow(pub, "bench/flow", int(rate * seconds), rate)
 
-    def bridge_latencies(self, rate: float, seconds: float) -> list[float]:
+    def wear(self, spool: str, rates: list[float], seconds: float, burst: int) -> Wear:
+        """Bytes written per event at each of ``rates`` (``seconds`` each, 20 events at the
+        least) and in a burst, with ``spool`` as ``[spool]``'s lines; CPU ms per event at
+        10/s if 10 is among the rates."""
+        wear = Wear({}, 0.0, None)
+        with (
+            self.agent(self.config(self.rx.url, spool)) as agent,
+            Publisher(self.broker.host, self.broker.port) as pub,
+        ):
+            self.warm_up(pub, "bench/flow")
+            for rate in [*rates, None]:
+                n = max(int(rate * seconds), 20) if rate else burst
+                self.rx.reset()
+                written, ticks = write_bytes(agent.pid), cpu_ticks(agent.pid)
+                self.flow(pub, "bench/flow", n, rate)
+                time.sleep(1.5)  # the acks of the last events wait up to 1 s for their commit
+                per_event = (write_bytes(agent.pid) - written) / n
+                if rate is None:
+                    wear.burst = per_event
+                    continue
+                wear.per_event[rate] = per_event
+                if rate == 10:
+                    wear.cpu_ms = 1000 * (cpu_ticks(agent.pid) - ticks) / TICKS_PER_S / n
+        return wear
+
+    def bridge_flow(self, rate: float, n: int) -> tuple[list[float], float]:
+        """The plain paho -> httpx bridge: latencies of ``n`` events at ``rate``, and its
+        CPU ms per event."""
         bridge = subprocess.Popen(
             [sys.executable, str(HERE / "mqtt_clients.py"), "bridge", self.broker.host,
              str(self.broker.port), "bench/bridge", self.rx.url],
@@ -166,7 +200,9 @@ class Bench:
             assert bridge.stdout is not None and bridge.stdout.readline().strip() == "ready"
             with Publisher(self.broker.host, self.broker.port) as pub:
                 self.warm_up(pub, "bench/bridge")
-                return self.flow(pub, "bench/bridge", int(rate * seconds), rate)
+                ticks = cpu_ticks(bridge.pid)
+                latencies = self.flow(pub, "bench/bridge", n, rate)
+                return latencies, 1000 * (cpu_ticks(bridge.pid) - ticks) / TICKS_PER_S / n
         finally:
             bridge.communicate(timeout=30)  # closes its stdin: it stops
 
@@ -269,9 +305,15 @@ def run(bench: Bench, args: argparse.Namespace) -> list[Row]:
     rate, seconds, burst = args.rate, args.seconds, args.burst
     startup, floor, floor_rss = bench.startups()
     ticks, woke, rss, peak = bench.idle(args.idle)
-    full = bench.relay_flows("full", rate, seconds, burst)
-    normal = bench.relay_flows("normal", rate, seconds, burst)
-    bridge = bench.bridge_latencies(rate, seconds)
+    latencies = bench.relay_latencies(rate, seconds)
+    bridge, _ = bench.bridge_flow(rate, int(rate * seconds))
+    wear_rates = [float(r) for r in args.wear_rates.split(",")]
+    wear = {
+        name: bench.wear(lines, wear_rates, args.wear_seconds, burst)
+        for name, lines in WEAR_CONFIGS.items()
+    }
+    cpu = wear["defaults"].cpu_ms
+    bridge_cpu = bench.bridge_flow(10, max(int(10 * args.wear_seconds), 20))[1]
     payload = {"n": burst // 2, "sent": time.monotonic()}  # what flow() publishes
     size = float(
         len(Event.new(node="bench", source="mqtt", name="bench/flow", payload=payload).to_json())
@@ -279,8 +321,10 @@ def run(bench: Bench, args: argparse.Namespace) -> list[Row]:
     at = f"MQTT -> HTTP latency at {rate:g}/s"
     bare = "python sending READY=1"
     rows = [
-        row(f"{at}, p50", "ms", percentile(full[0], 0.5), percentile(bridge, 0.5), "paho->httpx"),
-        row(f"{at}, p99", "ms", percentile(full[0], 0.99), percentile(bridge, 0.99), "paho->httpx"),
+        row(f"{at}, p50", "ms", percentile(latencies, 0.5), percentile(bridge, 0.5), "paho->httpx"),
+        row(
+            f"{at}, p99", "ms", percentile(latencies, 0.99), percentile(bridge, 0.99), "paho->httpx"
+        ),
         row(f"idle CPU over {args.idle:g} s", "ticks", ticks),
         row(f"idle wake-ups over {args.idle:g} s (WatchdogSec=30)", "switches", woke),
         row("RSS idle", "MB", rss, floor_rss, bare),
@@ -309,15 +353,16 @@ def run(bench: Bench, args: argparse.Namespace) -> list[Row]:
                 "resumed, empty spool",
             )
         )  # fmt: skip
-    flows = {"full": full, "normal": normal}
-    rows += [
-        row(f"disk writes, {rate:g}/s, {d}", "B/event", flows[d][1], size, "event JSON")
-        for d in flows
-    ]
-    rows += [
-        row(f"disk writes, burst of {burst:,}, {d}", "B/event", flows[d][2], size, "event JSON")
-        for d in flows
-    ]
+    for name, w in wear.items():
+        rows += [
+            row(f"disk writes, {r:g}/s, {name}", "B/event", b, size, "event JSON")
+            for r, b in w.per_event.items()
+        ]
+        rows.append(
+            row(f"disk writes, burst of {burst:,}, {name}", "B/event", w.burst, size, "event JSON")
+        )
+    if cpu is not None:
+        rows.append(row("CPU per event at 10/s", "ms", cpu, bridge_cpu, "paho->httpx at 10/s"))
     return rows
 
 
@@ -328,6 +373,8 @@ def main() -> None:
     p.add_argument("--idle", type=float, default=60, help="seconds of the idle measurement")
     p.add_argument("--backlog", type=int, default=1_000_000, help="0: skip that figure")
     p.add_argument("--burst", type=int, default=10_000, help="events of the disk-write burst")
+    p.add_argument("--wear-rates", default="1,10,50", help="events/s of the disk-write flows")
+    p.add_argument("--wear-seconds", type=float, default=60, help="length of each such flow")
     p.add_argument(
         "--resume-backlog", type=int, default=100_000, help="events queued at the kill -9 (0: skip)"
     )
