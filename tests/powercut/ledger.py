@@ -66,6 +66,7 @@ class Report:
     final_integrity: str
     dropped_by_broker: list[str]
     boot_to_subscribed: list[float]
+    critical: list[str] = field(default_factory=list)  # relay's CRITICAL lines (spool set aside)
 
     @property
     def duplicates(self) -> int:
@@ -93,6 +94,8 @@ class Report:
         if not self.integrity_ok():
             bad = [c.line() for c in self.cuts if c.spool and c.spool.integrity != "ok"]
             out.append(f"integrity check failed: {bad[:3]} final {self.final_integrity}")
+        if self.critical:
+            out.append(f"relay logged CRITICAL (a spool set aside?): {self.critical[0]}")
         if self.out_of_order:
             out.append(f"first arrivals out of order: {_ranges(self.out_of_order)}")
         unseen = [c.index for c in self.cuts if c.how != "boot" and not c.started]
