@@ -32,7 +32,7 @@ class Cut:
     in_hands: int = 0  # acknowledged, not yet at the receiver
     kept: int = 0  # of those, undelivered in the spool the cut left
     lost: list[int] = field(default_factory=list)  # of those, in neither place
-    duplicates: int = 0  # deliveries of already-delivered numbers in the next boot
+    duplicates: int | None = None  # deliveries of delivered numbers in the next boot (at the end)
     spool: SpoolAfterCut | None = None
 
     def line(self) -> str:
@@ -46,7 +46,8 @@ class Cut:
             f"{'' if self.started or self.how == 'boot' else ' (no start seen!)'}: "
             f"acked {self.acked:6d}, received {self.received:6d}, in relay's hands "
             f"{self.in_hands:4d}, kept {self.kept:4d}, lost {len(self.lost):4d}, "
-            f"duplicates after {self.duplicates:4d}, integrity {integrity}"
+            f"duplicates after {'-' if self.duplicates is None else self.duplicates:>4}, "
+            f"integrity {integrity}"
         )
 
 
@@ -67,6 +68,9 @@ class Report:
     dropped_by_broker: list[str]
     boot_to_subscribed: list[float]
     critical: list[str] = field(default_factory=list)  # relay's CRITICAL lines (spool set aside)
+    retained: int = 0  # deliveries of the one retained message (1 is right)
+    subscribed_after_cut: int = 0  # boots after a cut that got as far as subscribed
+    subscribed_anew: int = 0  # of those, the boots in which relay sent SUBSCRIBE again
 
     @property
     def duplicates(self) -> int:
@@ -107,7 +111,7 @@ class Report:
         """The lines above the summary: per cut, then the totals."""
         lines = [c.line() for c in self.cuts]
         times = self.boot_to_subscribed
-        dups = [c.duplicates for c in self.cuts]
+        dups = [c.duplicates or 0 for c in self.cuts]
         lines.append(
             f"durability {self.durability}: published {self.published}, "
             f"relay acknowledged {self.acknowledged}, lost {len(self.lost)}"
@@ -124,6 +128,11 @@ class Report:
                 f"total {self.duplicates} ({self.deliveries} deliveries, "
                 f"{self.distinct} distinct)"
             )
+        lines.append(
+            f"retained message: delivered {self.retained} times; relay subscribed anew in "
+            f"{self.subscribed_anew} of {self.subscribed_after_cut} boots after a cut (each "
+            f"makes the broker resend it, and relay spool it again under a new id)"
+        )
         checked = sum(1 for c in self.cuts if c.spool is not None and c.spool.exists)
         lines.append(
             f"integrity: {'ok' if self.integrity_ok() else 'FAILED'} after {checked} cuts "

@@ -20,6 +20,8 @@ ledger is unsound; 0 with a "skipped:" line if relay rejects the ``--spool`` key
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import random
 import statistics
 import subprocess
@@ -28,7 +30,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from tests.fault.harness import (
     clean_env,
@@ -43,6 +45,7 @@ from tests.fault.harness import (
 from tests.helpers.brokers import PrivateMosquitto
 from tests.helpers.common import RELAY, REQUIRE_BROKERS
 from tests.helpers.http_server import RemoteServer
+from tests.helpers.mqtt import Publisher
 from tests.powercut import image
 from tests.powercut.guest import Guest, SpoolAfterCut, spool_after_cut
 from tests.powercut.ledger import Cut, Report, first_arrival_disorder
@@ -51,6 +54,10 @@ from tests.powercut.stream import BrokerAcks, Stream, broker_acks
 TOPIC = "pc"
 PREFIX = f"{TOPIC}/seq"  # numbers go to pc/seq/<n>; relay's event name is that topic
 CLIENT_ID = "relay-powercut"
+# One retained message on relay's topics, published before the first boot: relay should turn
+# it into one event. Each time relay subscribes anew (its memo of the broker's session lost),
+# the broker sends it again and relay spools it again, under a new id.
+RETAINED = f"{TOPIC}/retained"
 SUBSCRIBED = "mqtt: subscribed"
 STARTED = "relay started"
 BOOT_TIMEOUT = 180.0  # power-on to subscribed, at most (TCG on a loaded host)
@@ -80,7 +87,9 @@ def relay_tables(opts: Options, broker_port: int, receiver_port: int) -> str:
         f"{k} = {v}\n" for k, v in opts.spool.items()
     )
     mqtt = mqtt_part(broker_port, TOPIC, host=image.HOST_IP, client_id=CLIENT_ID)
-    sink = http_sink_part(f"http://{image.HOST_IP}:{receiver_port}/events", batch_max=20)
+    # batch_max 1 (the default): the spool, not the sink, holds the backlog of a burst, so
+    # cuts find it there.
+    sink = http_sink_part(f"http://{image.HOST_IP}:{receiver_port}/events")
     return spool + "\n" + mqtt + "\n" + sink
 
 
@@ -133,6 +142,8 @@ class PowerCuts:
         with mosq, quiet(RemoteServer()) as server:
             tables = relay_tables(self.opts, mosq.port, server.port)
             check_config(tables, self.workdir)
+            with Publisher(mosq.host, mosq.port) as pub:
+                pub.wait([pub.publish(RETAINED, json.dumps({"retained": True}), retain=True)])
             started = time.monotonic()
             img = image.prepare(self.workdir / "guest", relay_toml(tables), log=self.out)  # type: ignore[arg-type]
             self.say(f"guest images ready in {time.monotonic() - started:.0f}s ({self.workdir})")
@@ -249,6 +260,11 @@ class PowerCuts:
         final = spool_after_cut(data, self.workdir / "scratch")
         report = self._report(mosq, server, stream.published, final)
         report.critical = [f"boot {ln.boot}: {ln.text}" for ln in guest.find_all("CRITICAL")]
+        report.retained = sum(1 for e in _accepted(server) if e.get("name") == RETAINED)
+        lines = guest.find_all(SUBSCRIBED)
+        # Boot 1 subscribes for the first time; every later one follows a cut.
+        report.subscribed_after_cut = len({ln.boot for ln in lines} - {1})
+        report.subscribed_anew = len({ln.boot for ln in lines if "(kept" not in ln.text} - {1})
         return report
 
     def _drain(self, mosq: PrivateMosquitto, server: RemoteServer, published: int) -> None:
@@ -311,6 +327,16 @@ class PowerCuts:
                     seen.add(n)
             if boot >= 1:  # boot b follows cut b (boot 0 follows no cut)
                 self.cuts[boot - 1].duplicates = dups
+
+
+def _accepted(server: RemoteServer) -> list[dict[str, Any]]:
+    """Every event the receiver accepted (2xx), skipping bodies a power cut truncated."""
+    events: list[dict[str, Any]] = []
+    for request in list(server.received):
+        if 200 <= request.status < 300:
+            with contextlib.suppress(ValueError):
+                events.extend(request.events)
+    return events
 
 
 # ---------------------------------------------------------------------- command line
