@@ -215,6 +215,7 @@ class SpoolAfterCut:
     rows: list[tuple[int, int]] = field(default_factory=list)
     cursor: int = 0
     exists: bool = True
+    note: str = ""  # what else the spool showed ("no schema on disk yet")
 
     def undelivered(self) -> set[int]:
         return {n for seq, n in self.rows if seq > self.cursor}
@@ -245,6 +246,10 @@ def spool_after_cut(data_img: Path, scratch: Path, sink: str = "cloud") -> Spool
     snap = SpoolAfterCut(integrity=integrity_check(state), fsck=verdict)
     conn = sqlite3.connect(f"file:{state / 'spool.db'}?mode=ro", uri=True, timeout=10)
     try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not {"events", "sinks"} <= tables:  # the cut came before the schema was on disk
+            snap.note = "no schema on disk yet"
+            return snap
         for seq, body in conn.execute("SELECT seq, body FROM events"):
             payload = json.loads(body).get("payload")
             n = payload.get("n") if isinstance(payload, dict) else None

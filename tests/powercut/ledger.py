@@ -41,6 +41,8 @@ class Cut:
         integrity = spool.integrity if spool else "?"
         if spool and spool.fsck != "ok":
             integrity += f" (fs: {spool.fsck})"
+        if spool and spool.note:
+            integrity += f" ({spool.note})"
         return (
             f"cut {self.index:3d} {self.how:6s} at {self.after_s:5.1f}s, subscribed {sub}"
             f"{'' if self.started or self.how == 'boot' else ' (no start seen!)'}: "
