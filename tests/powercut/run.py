@@ -23,6 +23,8 @@ import argparse
 import contextlib
 import json
 import random
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -138,6 +140,11 @@ class PowerCuts:
         if reason:
             raise Skipped(reason)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        # A reused --workdir: the last run's broker state (relay's session, its queue) and
+        # consoles would mix into this run's ledger.
+        shutil.rmtree(self.workdir / "mosquitto", ignore_errors=True)
+        for old in self.workdir.glob("console-*.log"):
+            old.unlink()
         mosq = PrivateMosquitto(self.workdir / "mosquitto", extra="max_queued_messages 0")
         with mosq, quiet(RemoteServer()) as server:
             tables = relay_tables(self.opts, mosq.port, server.port)
@@ -399,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     started = time.monotonic()
+    # SIGTERM (a CI timeout, kill) unwinds like ^C: qemu and the broker are stopped on the
+    # way out instead of being left running.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         report = PowerCuts(opts, sys.stdout).run()
     except (Skipped, image.ImageError) as why:
