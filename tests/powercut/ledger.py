@@ -31,7 +31,7 @@ class Cut:
     received: int = 0  # distinct numbers at the receiver when the power went
     in_hands: int = 0  # acknowledged, not yet at the receiver
     kept: int = 0  # of those, undelivered in the spool the cut left
-    lost: list[int] = field(default_factory=list)  # of those, in neither place
+    lost: list[int] = field(default_factory=list)  # of those, in neither place: this cut's loss
     duplicates: int | None = None  # deliveries of delivered numbers in the next boot (at the end)
     spool: SpoolAfterCut | None = None
 
@@ -119,6 +119,14 @@ class Report:
             f"relay acknowledged {self.acknowledged}, lost {len(self.lost)}"
             + (f" ({_ranges(self.lost)})" if self.lost else "")
         )
+        at_cuts = set().union(*(c.lost for c in self.cuts))
+        if at_cuts != set(self.lost):
+            # The cuts' accounts (from the spool each left) and the end's disagree: say how.
+            lines.append(
+                f"the cuts counted {len(at_cuts)} lost, the end {len(self.lost)}: "
+                f"{len(at_cuts - set(self.lost))} of the cuts' arrived after all, "
+                f"{len(set(self.lost) - at_cuts)} lost that no cut's spool explains"
+            )
         if times:
             lines.append(
                 f"power-on to relay subscribed: median {statistics.median(times):.1f}s, "

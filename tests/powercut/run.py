@@ -130,6 +130,7 @@ class PowerCuts:
         self.boot_offsets: list[int] = []  # the broker log's size at each power-on
         self.boot_requests: list[int] = []  # the receiver's request count at each power-on
         self.subscribed: list[float] = []
+        self.lost: set[int] = set()  # acknowledged numbers the cuts so far lost
         self.stream: Stream  # set in run()
 
     def say(self, text: str) -> None:
@@ -240,11 +241,12 @@ class PowerCuts:
         self, cut: Cut, acks: BrokerAcks, received: set[int], spool: SpoolAfterCut
     ) -> None:
         acked = acks.through(len(self.boot_offsets) - 1)
-        hands = acked - received
+        hands = acked - received - self.lost  # what an earlier cut lost is in no one's hands
         kept = hands & spool.undelivered()
         cut.acked, cut.received = len(acked), len(received)
         cut.in_hands, cut.kept = len(hands), len(kept)
         cut.lost = sorted(hands - kept)
+        self.lost.update(cut.lost)
 
     # ------------------------------------------------------------------ the end
 
