@@ -30,7 +30,8 @@ from types import TracebackType
 from typing import IO, Self
 
 from tests.fault.harness import integrity_check
-from tests.powercut.image import GuestImage, ImageError
+from tests.powercut.common import ImageError
+from tests.powercut.image import GuestImage
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.common import REQUIRE_BROKERS
-from tests.powercut.image import ImageError
-from tests.powercut.run import Options, PowerCuts, Skipped
+from tests.powercut.common import ImageError
+from tests.powercut.powercuts import Options, PowerCuts, Skipped
 
 CUTS = int(os.environ.get("RELAY_POWERCUT_CUTS", "5"))
 EVENTS = int(os.environ.get("RELAY_POWERCUT_EVENTS", str(400 * CUTS)))
