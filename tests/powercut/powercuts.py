@@ -61,6 +61,11 @@ class Skipped(Exception):
     """The run cannot happen here (no qemu, a config relay rejects); the message says why."""
 
 
+class ConfigRejected(Skipped):
+    """relay refuses the run's config (``relay check-config`` exit 78): a variant for a key
+    this checkout does not have yet (say, ``commit_interval``)."""
+
+
 @dataclass
 class Options:
     cuts: int = 50
@@ -106,7 +111,7 @@ def check_config(tables: str, workdir: Path) -> None:
         check=False,
     )
     if done.returncode == 78:
-        raise Skipped(f"relay rejects this config: {done.stderr.strip()}")
+        raise ConfigRejected(f"relay rejects this config: {done.stderr.strip()}")
     if done.returncode != 0:
         raise RuntimeError(f"relay check-config exited {done.returncode}: {done.stderr}")
 
