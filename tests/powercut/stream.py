@@ -170,10 +170,12 @@ def broker_acks(log: Path, client_id: str, prefix: str, boot_offsets: list[int])
                 continue
             line = raw.decode("utf-8", "replace")
             if m := sending.search(line):
-                topic = m.group(2)
+                topic, mid = m.group(2), int(m.group(1))
                 if topic.startswith(head) and topic[len(head) :].isdigit():
-                    mids[int(m.group(1))] = int(topic[len(head) :])
+                    mids[mid] = int(topic[len(head) :])
                     view.sent[boot] += 1
+                else:  # another message (the retained one) has this packet id now
+                    mids.pop(mid, None)
             elif m := puback.search(line):
                 n = mids.get(int(m.group(1)))
                 if n is not None:
