@@ -1,5 +1,6 @@
 """One forwarder per sink: lease the head of the sink's queue, send it, then ack, schedule a
-retry, or dead-letter. Concurrency 1, so events reach each sink in spool order.
+retry, or dead-letter. One send at a time, so events reach each sink in spool order (a sink
+with ``max_in_flight`` has several under way: ``relay.window.WindowedForwarder``).
 
 ``step(now)`` does one unit of work and says what happened; tests drive it with a fake clock.
 Its thread (``relay.runner``) sleeps until new work arrives (the spool wakes it) or the next
@@ -36,6 +37,7 @@ class Step(enum.Enum):
     DEAD = "dead"  # the head was dead-lettered
     WAIT = "wait"  # a retry is scheduled and not due yet
     IDLE = "idle"  # nothing to send
+    FLYING = "flying"  # sends are under way: the next step when one finishes
 
 
 class Queue(Protocol):
@@ -44,7 +46,7 @@ class Queue(Protocol):
     @property
     def version(self) -> int: ...
 
-    def lease(self, sink: str, limit: int = 1) -> Lease: ...
+    def lease(self, sink: str, limit: int = 1, *, after: int = 0) -> Lease: ...
 
     def ack(self, sink: str, upto_seq: int) -> None: ...
 
@@ -84,6 +86,7 @@ class Policy:
     max_age: float | None = None  # seconds in the spool after which transient retries stop
     backoff: Backoff = field(default_factory=Backoff)
     batch_max: int = 1
+    max_in_flight: int = 1  # sends under way at once (relay.window.WindowedForwarder)
     stall_s: float = 120.0  # one step taking longer than this means the thread is wedged
 
 
@@ -117,7 +120,7 @@ class Forwarder:
         # sent on its own half, while the refused one is looked for by halves.
         self._suspect: tuple[int, int] | None = None
         self._health = SinkHealth(self.name, clock)
-        self._waiter = sink if isinstance(sink, WaitingSink) else None
+        self._waiter: WaitingSink | None = sink if isinstance(sink, WaitingSink) else None
         self._runner = StepRunner(
             self,
             name=f"forward-{self.name}",
@@ -150,12 +153,15 @@ class Forwarder:
             # A retry is timed from the answer (Retry-After counts from there), not the ask.
             return self._failed(records, exc, now + self._clock() - started, started)
         crashpoints.crash("after_send_before_ack")
+        self._delivered(records)
+        return Step.SENT
+
+    def _delivered(self, records: list[Record]) -> None:
         self.delivered_at, self._reached = self._wall(), True  # before the ack lands
         self._ack(records[-1].seq)
         self._metrics.delivered(self.name, len(records))
         self.next_attempt = float("-inf")
         self._health.ok()
-        return Step.SENT
 
     def _batch(self, head: list[Record]) -> list[Record]:
         """What to send: up to ``batch_max`` events; while a refused event is looked for,
@@ -255,7 +261,11 @@ class Forwarder:
                 extra={"SINK": self.name},
             )
             return
+        self._wind_down()
         self.sink.close()
+
+    def _wind_down(self) -> None:
+        """Between the thread's end and the sink's close."""
 
     def alive(self) -> bool:
         """For the watchdog: the thread runs and is not stuck in one step (a send has its
@@ -269,7 +279,7 @@ class Forwarder:
 
     def advance(self, now: float) -> float | None:
         step = self.step(now)
-        if step is Step.IDLE:
+        if step is Step.IDLE or step is Step.FLYING:
             return None
         if step is Step.WAIT or step is Step.RETRY:
             return max(self.next_attempt - self._clock(), 0.0)
@@ -300,7 +310,7 @@ class Forwarder:
         try:
             # A change between the lease and the subscription called no wake(): look
             # before sleeping, or that event would wait for the next one.
-            if self.spool.version == version and not stop.is_set():
+            if self.version() == version and not stop.is_set():
                 self._waiter.wait(None)
         finally:
             unsubscribe()

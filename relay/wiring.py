@@ -25,8 +25,9 @@ from relay.config import (
 from relay.devices import Device
 from relay.forwarder import Forwarder, Policy
 from relay.metrics import COMMAND_QUEUE, NO_METRICS, Metrics
-from relay.sinks import Sink
+from relay.sinks import Sink, WindowedSink
 from relay.spool import Spool
+from relay.window import WindowedForwarder
 
 if TYPE_CHECKING:
     from gpiozero.pins import Factory
@@ -64,10 +65,7 @@ def components(settings: Settings, spool: Spool) -> list[Component]:
     sending. The metrics endpoint, when configured, comes before it and stops last; it binds
     its port when built, so a port already taken stops relay before anything runs."""
     metrics, endpoint = _metrics(settings, spool)
-    forwarders = [
-        Forwarder(build_sink(cfg, metrics), spool, policy(cfg), metrics=metrics)
-        for cfg in settings.sinks
-    ]
+    forwarders = [forwarder(cfg, spool, metrics) for cfg in settings.sinks]
     factory = _pin_factory(settings)
     commands = bool(
         settings.devices or settings.commands.mqtt_topic or settings.commands.amqp_queue
@@ -121,6 +119,16 @@ def components(settings: Settings, spool: Spool) -> list[Component]:
     return [*built, *_gpio(settings, spool, factory)]
 
 
+def forwarder(cfg: SinkConfig, spool: Spool, metrics: Metrics) -> Forwarder:
+    """The sink's forwarder: one send at a time, or a window of them (``max_in_flight``)."""
+    sink = build_sink(cfg, metrics)
+    if cfg.in_flight == 1:
+        return Forwarder(sink, spool, policy(cfg), metrics=metrics)
+    if not isinstance(sink, WindowedSink):
+        raise TypeError(f"sink {cfg.name} takes one send at a time")
+    return WindowedForwarder(sink, spool, policy(cfg), metrics=metrics)
+
+
 def policy(cfg: SinkConfig) -> Policy:
     return Policy(
         max_retries=cfg.max_retries,
@@ -134,6 +142,7 @@ def policy(cfg: SinkConfig) -> Policy:
             at_once=True,
         ),
         batch_max=cfg.batch,
+        max_in_flight=cfg.in_flight,
         # A send is bounded by the sink's timeout; a step far past it is a wedged thread.
         stall_s=2 * cfg.timeout_s + 10,
     )

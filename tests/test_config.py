@@ -115,6 +115,26 @@ def test_unknown_key_names_the_key(write_config: Callable[..., Path]) -> None:
     ]
 
 
+@pytest.mark.parametrize("value", [0, 65])
+def test_max_in_flight_is_1_to_64(write_config: Callable[..., Path], value: int) -> None:
+    sink = '[[sinks]]\nname = "a"\ntype = "http"\nurl = "http://x/"\n'
+    path = write_config(f"{sink}max_in_flight = {value}\n")
+    [line] = problems(path)
+    assert line.startswith(f"{path}: sinks[0].max_in_flight: ")
+    path = write_config(f"{sink}max_in_flight = 64\n", name="ok.toml")
+    assert config.load(path).sinks[0].in_flight == 64
+
+
+def test_only_the_http_sink_has_max_in_flight(write_config: Callable[..., Path]) -> None:
+    path = write_config(
+        '[[sinks]]\nname = "r"\ntype = "redis"\nurl = "redis://x/"\nstream = "s"\n'
+        "max_in_flight = 4\n"
+    )
+    assert problems(path) == [
+        f"{path}: sinks[0].max_in_flight: unknown key (check its spelling and its table)"
+    ]
+
+
 def test_every_problem_is_reported_at_once(write_config: Callable[..., Path]) -> None:
     path = write_config(
         '[spool]\nwhen_full = "sometimes"\n[mqtt]\nport = 70000\n'

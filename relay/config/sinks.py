@@ -21,6 +21,11 @@ class SinkBase(Section):
     retry_factor: float = Field(2.0, ge=1.0)
     retry_max: Duration = timedelta(minutes=5)
 
+    @property
+    def in_flight(self) -> int:
+        """Sends under way at once (only the HTTP sink has more than one)."""
+        return 1
+
 
 class HttpSinkConfig(SinkBase):
     type: Literal["http"]
@@ -33,11 +38,17 @@ class HttpSinkConfig(SinkBase):
     cert_file: OptionalPath = None
     key_file: OptionalPath = None
     batch_max: int = Field(1, ge=1, le=10_000)
+    max_in_flight: int = Field(1, ge=1, le=64)
 
     @property
     def batch(self) -> int:
         """Events one send may carry (a JSON array of them)."""
         return self.batch_max
+
+    @property
+    def in_flight(self) -> int:
+        """Requests under way at once, each on a keep-alive connection of its own."""
+        return self.max_in_flight
 
     @field_validator("url")
     @classmethod

@@ -57,12 +57,14 @@ class Record:
 
 @dataclass(frozen=True)
 class Lease:
-    """The head of a sink's queue (``records``, oldest first) and the head's failure counts."""
+    """The head of a sink's queue (``records``, oldest first) and the head's failure counts;
+    ``cursor``: the seq the sink's queue starts after (its last delivered event)."""
 
     sink: str
     records: list[Record]
     attempts: int
     failures: int
+    cursor: int = 0
 
 
 @dataclass(frozen=True)

@@ -217,27 +217,28 @@ class Spool:
         names = list(names)
         self._writer.call(lambda t: t.register(names))
 
-    def lease(self, sink: str, limit: int = 1) -> Lease:
-        """The first ``limit`` events after ``sink``'s cursor, oldest first (maybe none)."""
+    def lease(self, sink: str, limit: int = 1, *, after: int = 0) -> Lease:
+        """The first ``limit`` events after ``sink``'s cursor, oldest first (maybe none);
+        ``after``: after that seq, if it is past the cursor (what is in flight already)."""
         with self._rlock:
             self._check_open()
             row = self._unsettled.row(sink, reads.sink_row(self._rconn, sink))
-            rows = reads.pending(self._rconn, sink, row.cursor, limit)
+            rows = reads.pending(self._rconn, sink, max(row.cursor, after), limit)
         records = []
         for seq, body, spooled_at in rows:
             try:
                 records.append(Record(seq, Event.from_json(body), spooled_at))
             except ValueError:
-                if records:
-                    break  # lease what is good; the bad row is the next head
+                if records or after > row.cursor:
+                    break  # lease what is good; the bad row waits until it is the head
                 # Only damage that passed quick_check gets here; it must not wedge the sink.
                 log.error(
                     "sink %s: spool row %d is not a valid event: dead-lettering it", sink, seq
                 )
                 self.dead_letter(sink, seq, "spool row is not a valid event")
-                return self.lease(sink, limit)
+                return self.lease(sink, limit, after=after)
         attempts, failures = row.counters_for(records[0].seq) if records else (0, 0)
-        return Lease(sink, records, attempts, failures)
+        return Lease(sink, records, attempts, failures, row.cursor)
 
     def ack(self, sink: str, upto_seq: int) -> None:
         """Mark ``sink``'s events up to ``upto_seq`` delivered, and return at once.
