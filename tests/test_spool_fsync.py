@@ -138,3 +138,46 @@ def test_a_commit_window_acknowledges_each_event_after_its_fsync(tmp_path: Path)
         assert any(put_at[n] < f < ack_at[n] for f in fsyncs), f"event {n} answered unsynced"
     in_window = [f for f in fsyncs if put_at[0] < f < ack_at[N - 1]]
     assert len(in_window) <= N / 4, f"{len(in_window)} fsyncs for {N} events in a window"
+
+
+MEMO_CHILD = """
+import os, sys
+from pathlib import Path
+from relay.mqtt.memo import SubscriptionMemo
+
+memo = SubscriptionMemo(Path(sys.argv[1]), "127.0.0.1:1883", "relay-hall")
+os.write(1, b"SAVE")
+memo.save([("home/#", 1)])
+os.write(1, b"END")
+"""
+
+
+def test_the_subscription_memo_is_on_the_disk_before_it_is_relied_on(tmp_path: Path) -> None:
+    """The memo says the broker keeps relay's subscriptions, so that a restart does not
+    subscribe again (which makes the broker resend every retained message, stored again as
+    new events). A power cut once left it empty: its data fsync'd before the rename, and
+    the rename fsync'd (the directory) after."""
+    strace = shutil.which("strace")
+    if strace is None:
+        if REQUIRE_BROKERS:
+            pytest.fail("strace is not installed (apt-get install strace)")
+        pytest.skip("strace is not installed (apt-get install strace)")
+    trace = tmp_path / "trace"
+    traced = ["-f", "-qq", "-o", str(trace), "-e", "trace=openat,fsync,rename,write", "-y"]
+    subprocess.run(
+        [strace, *traced, sys.executable, "-c", MEMO_CHILD, str(tmp_path)],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    lines = trace.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if '"SAVE"' in line)
+    calls = [line.split(None, 1)[1] for line in lines[start:] if "(" in line]
+    kinds = [
+        "fsync memo" if c.startswith("fsync(") and "mqtt-subscriptions.tmp" in c
+        else "rename" if c.startswith("rename(") and "mqtt-subscriptions.json" in c
+        else f"fsync {tmp_path}" if c.startswith("fsync(") and f"<{tmp_path}>" in c
+        else None
+        for c in calls
+    ]  # fmt: skip
+    assert [k for k in kinds if k] == ["fsync memo", "rename", f"fsync {tmp_path}"], calls

@@ -42,8 +42,16 @@ class SubscriptionMemo:
         memo = {**self._key, "filters": sorted([t, q] for t, q in wanted)}
         tmp = self._path.with_suffix(".tmp")
         try:
-            tmp.write_text(json.dumps(memo))
+            # Its bytes on the disk before the rename, the rename before the session is
+            # relied on: without the fsyncs a power cut left a 0-byte memo (ext4 need not
+            # write a new file's data before its rename), relay subscribed anew at every
+            # boot after one, and each retained message came back as a new event.
+            with tmp.open("w") as f:
+                f.write(json.dumps(memo))
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, self._path)
+            _sync_dir(self._path.parent)
         except OSError as exc:
             log.debug("mqtt: cannot write %s: %s", self._path, exc)
 
@@ -52,5 +60,15 @@ class SubscriptionMemo:
         if self._path is not None:
             try:
                 self._path.unlink(missing_ok=True)
+                _sync_dir(self._path.parent)  # or a power cut could bring the memo back
             except OSError as exc:
                 log.debug("mqtt: cannot remove %s: %s", self._path, exc)
+
+
+def _sync_dir(path: Path) -> None:
+    """Make a rename or an unlink in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
