@@ -32,13 +32,12 @@ from tests.fault.harness import (
     mqtt_part,
     numbered,
     quiet,
-    table,
-    write_config,
 )
 from tests.helpers.brokers import PrivateMosquitto
 from tests.helpers.common import RELAY
 from tests.helpers.http_server import RemoteServer
 from tests.helpers.mqtt import Publisher
+from tests.helpers.toml import table, write
 from tests.powercut import image
 from tests.powercut.common import HOST_IP, STATE_DIR
 from tests.powercut.guest import Guest, SpoolAfterCut, spool_after_cut
@@ -102,7 +101,10 @@ def relay_toml(tables: str) -> str:
 def check_config(tables: str, workdir: Path) -> None:
     """``relay check-config`` of the guest's config on the host (this checkout): raises
     :class:`Skipped` if relay refuses it (exit 78: say, a [spool] key it does not know)."""
-    path = write_config(workdir / "check.toml", workdir / "state", tables)
+    path = write(
+        workdir / "check.toml", tables, node="fault-node", state_dir=workdir / "state",
+        log_level="info",
+    )  # fmt: skip
     done = subprocess.run(
         [*RELAY, "check-config", "--config", str(path)],
         capture_output=True,

@@ -73,6 +73,17 @@ def test_the_brokers_drop_notice_is_kept(tmp_path: Path) -> None:
     assert broker_acks(log, RELAY, "pc/seq", [0]).dropped
 
 
+def test_relays_subscription_to_the_drop_counter_is_no_drop(tmp_path: Path) -> None:
+    """relay watches $SYS/broker/publish/messages/dropped: its SUBSCRIBE and the counter's
+    PUBLISH lines name the topic, and are no drop."""
+    log = _log(
+        tmp_path,
+        f"{RELAY} 0 $SYS/broker/publish/messages/dropped",
+        _publish(3, "$SYS/broker/publish/messages/dropped"),
+    )
+    assert broker_acks(log, RELAY, "pc/seq", [0]).dropped == []
+
+
 def _report(**over: object) -> Report:
     ok = SpoolAfterCut(integrity="ok", fsck="ok")
     cut = Cut(index=1, how="steady", after_s=9.0, subscribed_s=5.0, started=True, spool=ok)
