@@ -213,7 +213,7 @@ class Writer:
         with self._submit_lock:
             if self._closed:
                 raise SpoolClosed("the spool is closed")
-            self._ops.put(op)
+            self._ops.put(op, urgent=not op.gather)  # an ack can wait for its deadline
 
     def _loop(self) -> None:
         while True:
