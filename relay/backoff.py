@@ -42,6 +42,12 @@ class Backoff:
             return jittered
         return max(jittered, min(max(retry_after, 0.0), self.cap))
 
+    def refused(self, failures: int, rng: random.Random) -> float:
+        """Seconds to wait before retrying an event the far end refused ``failures`` times
+        in a row: a refusal says it is up, so this does not grow as an outage's delay does.
+        The first retry goes at once (with ``at_once``); each is within ``initial``."""
+        return self.delay(min(failures, 2 if self.at_once else 1), rng)
+
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
     """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP-date.

@@ -193,7 +193,14 @@ class Forwarder:
         if not permanent and self.policy.max_age is not None and age > self.policy.max_age:
             return self._dead(head, f"{error} (still failing after {age:.0f}s, max_age)")
         retry_after = exc.retry_after if isinstance(exc, TransientError) else None
-        delay = self.policy.backoff.delay(attempts, self._rng, retry_after)
+        # A refusal is the far end's answer about this event, not a sign that it is down:
+        # its retries do not grow into an outage's waits, which would hold every event
+        # behind it for minutes.
+        backoff = self.policy.backoff
+        if permanent:
+            delay = backoff.refused(failures, self._rng)
+        else:
+            delay = backoff.delay(attempts, self._rng, retry_after)
         self.next_attempt = now + delay
         self._health.failed(error, delay, sent_at=sent_at)
         self._metrics.retried(self.name)

@@ -121,6 +121,24 @@ def test_poison_event_is_dead_lettered_and_the_rest_flow(spool: Spool) -> None:
     assert dl.reason == "HTTP 400: bad field (refused 3 times)" and dl.attempts == 3
 
 
+def test_a_refused_event_is_retried_within_retry_initial_not_an_outages_waits(
+    spool: Spool,
+) -> None:
+    """A refusal says the far end is up: its retries do not grow into an outage's backoff
+    (every event behind it waits for them). 5 retries with an outage's backoff (1 s, 2 s,
+    4 s, 8 s ceilings) could take 15 s; these take at most 4 x retry_initial."""
+    put(spool, 1, 2)
+    sink = MockSink(lambda events: PermanentError("HTTP 400") if payloads(events) == [1] else None)
+    f = make(spool, sink, max_retries=5, backoff=Backoff(1.0, 2.0, 60.0, at_once=True))
+    now, waits = 0.0, []
+    while (step := f.step(now)) is Step.RETRY:
+        waits.append(f.next_attempt - now)
+        now = f.next_attempt
+    assert step is Step.DEAD
+    assert len(waits) == 5 and waits[0] < 0.01  # the first goes at once
+    assert all(0.0 <= w <= 1.0 for w in waits), waits  # retry_initial: 1 s here
+
+
 def test_max_retries_zero_dead_letters_at_once(spool: Spool) -> None:
     put(spool, 1)
     sink = MockSink(lambda events: PermanentError("HTTP 422"))

@@ -17,7 +17,9 @@ class SinkBase(Section):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     max_retries: int = Field(5, ge=0)
     max_age: Duration | None = None
-    retry_initial: Duration = timedelta(seconds=0.5)
+    # 100 ms: measured against a remote failing 20 % of requests at random (flaky_bench.py),
+    # 0.5 s drained 72 events/s, 0.25 s 123, 0.1 s 260 (no failures: ~900).
+    retry_initial: Duration = timedelta(seconds=0.1)
     retry_factor: float = Field(2.0, ge=1.0)
     retry_max: Duration = timedelta(minutes=5)
 
