@@ -2,6 +2,10 @@
 
 Exit status: 0 success, 1 runtime failure, 2 usage error, 78 bad config (EX_CONFIG, which
 the systemd unit's ``RestartPreventExitStatus=`` honours so a typo does not restart-loop).
+
+Each command imports what it needs when it runs: ``relay push`` from a script on a Pi Zero
+pays for every module imported here, and the config alone (pydantic) is most of its time
+(tests/bench/cli_bench.py).
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from relay import __version__, config
+from relay import __version__
 from relay.errors import ConfigError, RelayError
+
+if TYPE_CHECKING:
+    from relay.config import Settings
 
 EX_OK, EX_FAIL, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 
@@ -94,11 +101,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _settings(args: argparse.Namespace) -> config.Settings:
+def _settings(args: argparse.Namespace) -> Settings:
+    from relay import config
+
     return config.load(config.config_path(args.config))
 
 
 def _run(args: argparse.Namespace) -> int:
+    from relay import config
     from relay.signals import SignalListener
     from relay.systemd import setup_logging
 
@@ -122,9 +132,7 @@ def _run(args: argparse.Namespace) -> int:
         listener.close()
 
 
-def _serve(
-    settings: config.Settings, path: Path, stop: threading.Event, reload: threading.Event
-) -> int:
+def _serve(settings: Settings, path: Path, stop: threading.Event, reload: threading.Event) -> int:
     """Run agents until a stop that is not a reload; the exit status."""
     from relay.agent import Agent
     from relay.systemd import Notifier, setup_logging
@@ -148,9 +156,11 @@ def _serve(
         stop.clear()
 
 
-def _reloaded(path: Path, current: config.Settings) -> config.Settings:
+def _reloaded(path: Path, current: Settings) -> Settings:
     """The config at ``path`` after SIGHUP; a bad one is reported and the current one kept,
     so a typo in an edit does not take relay down."""
+    from relay import config
+
     try:
         settings = config.load(path)
         if problems := config.permission_problems(path):
@@ -280,6 +290,8 @@ def _dlq(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from relay import config
+
     path = config.config_path(args.config)
     settings = config.load(path)
     print(json.dumps(config.dump(settings), indent=2))
