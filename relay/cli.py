@@ -175,20 +175,27 @@ def _reloaded(path: Path, current: Settings) -> Settings:
 
 def _demo(args: argparse.Namespace) -> int:
     from relay import demo
+    from relay.signals import SignalListener
     from relay.systemd import setup_logging
 
+    if args.config is not None:
+        raise UsageError(
+            "--config is not used: the demo makes its own config and spool in a temporary "
+            "directory (relay --config PATH run runs yours)"
+        )
     if args.events < 1 or not 0 <= args.fail_rate < 1:
         raise UsageError("--events must be at least 1 and --fail-rate in [0, 1)")
     setup_logging("warning")
+    stop = threading.Event()
+    # Ctrl-C ends the demo as the person asked: a summary and exit status 0 (signal
+    # handlers only set a flag: relay/signals.py).
+    listener = SignalListener(on_stop=stop.set, on_reload=lambda: None)
+    listener.start()
     try:
-        import gpiozero  # noqa: F401
-    except ImportError:
-        raise UsageError(
-            "the demo's door sensor is a simulated GPIO pin: "
-            "pip install 'relay[gpio]' (gpiozero) first"
-        ) from None
-    tally = demo.run(events=args.events, fail_rate=args.fail_rate)
-    return EX_OK if tally.delivered == tally.produced else EX_FAIL
+        tally = demo.run(events=args.events, fail_rate=args.fail_rate, stop=stop)
+    finally:
+        listener.close()
+    return EX_OK if not tally.finished or tally.delivered == tally.produced else EX_FAIL
 
 
 def _push(args: argparse.Namespace) -> int:
