@@ -100,19 +100,23 @@ class Agent:
         """
         notifier = notifier or Notifier()
         try:
-            if not self._open_when_writable(stop, notifier):
-                return  # stopped while it waited
-            self.start()
-            notifier.ready()
-            self._supervise(stop, notifier)
-        finally:
-            reloading = reload is not None and reload.is_set()
-            log.info("reloading the config" if reloading else "stopping")
-            if reloading:
-                notifier.reloading()
-            else:
-                notifier.stopping()
+            if self._open_when_writable(stop, notifier):  # else: stopped while it waited
+                self.start()
+                notifier.ready()
+                self._supervise(stop, notifier)
+        except BaseException:
+            # The caller reports why (a pin library missing, a port taken): that line must
+            # be the first a person reads, not a "stopping" before it.
+            notifier.stopping()
             self.stop()
+            raise
+        reloading = reload is not None and reload.is_set()
+        log.info("reloading the config" if reloading else "stopping")
+        if reloading:
+            notifier.reloading()
+        else:
+            notifier.stopping()
+        self.stop()
 
     def _open_when_writable(self, stop: threading.Event, notifier: Notifier) -> bool:
         """:meth:`open`, waiting while the disk is full or read-only (a card remounted

@@ -143,7 +143,7 @@ def _serve(settings: Settings, path: Path, stop: threading.Event, reload: thread
             Agent(settings).run(stop, notifier, reload)
         except ConfigError as exc:  # found only while building (a TLS file pika cannot load)
             for line in exc.problems:
-                log.critical("%s", line)
+                log.critical("%s: %s", path, line)
             return EX_CONFIG
         except RelayError as exc:
             log.critical("%s", exc)
