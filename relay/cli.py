@@ -248,22 +248,25 @@ def _command(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from relay import report
-    from relay.spool import Spool
+    from relay import report, status
 
     settings = _settings(args)
-    if not (settings.state_dir / "spool.db").exists():
-        print(f"relay status: no spool in {settings.state_dir} yet (relay has not run)")
-        return EX_OK
-    with Spool.configured(settings.spool, settings.state_dir) as spool:
-        stats = spool.stats()
+    found = status.gather(settings)
     broker = f"{settings.mqtt.host}:{settings.mqtt.port}"
     if args.json:
-        print(json.dumps(report.status_json(stats, broker=broker), indent=2))
+        doc = report.status_json(found.stats, broker=broker, not_started=found.not_started)
+        print(json.dumps(doc, indent=2))
     else:
         # As wide as the terminal, for longer errors; 80 columns when piped.
         width = max(report.WIDTH, shutil.get_terminal_size().columns)
-        print(report.status_text(stats, width=width, broker=broker))
+        text = report.status_text(
+            found.stats,
+            width=width,
+            broker=broker,
+            not_started=found.not_started,
+            no_file=not found.exists,
+        )
+        print(text)
     return EX_OK
 
 

@@ -99,6 +99,61 @@ def test_status_before_the_first_run(cfg: Path, relay_env: dict[str, str]) -> No
     assert result.returncode == 0 and "has not run" in result.stdout
 
 
+TWO_SINKS = (SINK, toml.http_sink("http://127.0.0.1:9/", name="bus"))
+
+
+def table(text: str) -> dict[str, list[str]]:
+    """The rows of relay status's table, by sink name."""
+    rows = text.split("\n\n", 1)[1].splitlines()[1:]
+    return {row.split()[0]: row.split()[1:] for row in rows}
+
+
+def test_status_lists_the_configured_sinks_before_anything_ran(
+    write_config: Callable[..., Path], relay_env: dict[str, str], state_dir: Path
+) -> None:
+    cfg = str(write_config(*TWO_SINKS))
+    text = run(["status", "--config", cfg], relay_env).stdout
+    assert table(text) == {
+        "bus": ["not", "started", "0", "-", "0", "-"],
+        "cloud": ["not", "started", "0", "-", "0", "-"],
+    }
+    doc = json.loads(run(["status", "--json", "--config", cfg], relay_env).stdout)
+    assert [(s["name"], s["depth"], s["delivered"], s["started"]) for s in doc["sinks"]] == [
+        ("bus", 0, 0, False),
+        ("cloud", 0, 0, False),
+    ]
+    assert not (state_dir / "spool.db").exists()  # a status is a read
+
+
+def test_status_after_push_shows_what_each_sink_will_get(
+    write_config: Callable[..., Path], relay_env: dict[str, str]
+) -> None:
+    cfg = str(write_config(*TWO_SINKS))
+    for name in ("a", "b"):
+        assert run(["push", name, "--config", cfg], relay_env).returncode == 0
+    rows = table(run(["status", "--config", cfg], relay_env).stdout)
+    assert {name: row[:3] for name, row in rows.items()} == {
+        "bus": ["not", "started", "2"],  # the first sinks take what was pushed before
+        "cloud": ["not", "started", "2"],
+    }
+    doc = json.loads(run(["status", "--json", "--config", cfg], relay_env).stdout)
+    assert [(s["depth"], s["delivered"], s["started"]) for s in doc["sinks"]] == [(2, 0, False)] * 2
+
+
+def test_status_shows_a_sink_added_since_the_agent_ran(
+    write_config: Callable[..., Path], relay_env: dict[str, str], state_dir: Path
+) -> None:
+    cfg = str(write_config(*TWO_SINKS))
+    with Spool.open(state_dir) as spool:  # the agent ran with "cloud" only
+        spool.register_sinks(["cloud"])
+    assert run(["push", "a", "--config", cfg], relay_env).returncode == 0
+    doc = json.loads(run(["status", "--json", "--config", cfg], relay_env).stdout)
+    assert [(s["name"], s["depth"], s["started"]) for s in doc["sinks"]] == [
+        ("bus", 0, False),  # it starts after the newest event, when the agent registers it
+        ("cloud", 1, True),
+    ]
+
+
 def test_dlq_list_retry_purge(cfg: Path, relay_env: dict[str, str], state_dir: Path) -> None:
     ids = [relay.push(f"e{i}", i, config_path=cfg).id for i in range(3)]
     with Spool.open(state_dir) as spool:
