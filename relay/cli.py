@@ -216,7 +216,7 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _command(args: argparse.Namespace) -> int:
-    from relay.producer import command, wait_for_outcome
+    from relay.producer import command, command_state, wait_for_outcome
 
     cmd_args = None
     if args.args is not None:
@@ -230,19 +230,37 @@ def _command(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if not new:
-        print(f"relay command: id {cmd.id} was seen before: not queued again", file=sys.stderr)
-        return EX_FAIL
     print(cmd.id)
-    if not args.wait:
+    if new and not args.wait:
         return EX_OK
     settings = _settings(args)
+    if not new:
+        # A script sending the same id again (a retry) did its job: say what became of it.
+        state = command_state(settings, cmd.id)
+        print(f"relay command: {_seen(cmd.id, state)}: not queued again", file=sys.stderr)
+        if state is not None and state[0] == "done":
+            return _outcome(state[1] or "failed", state[2]) if args.wait else EX_OK
+        if not args.wait:
+            return EX_OK
     limit = settings.commands.ttl_s + settings.commands.timeout_s + 5
-    outcome = wait_for_outcome(settings, cmd.id, limit)
+    outcome = wait_for_outcome(settings, cmd.id, limit)  # NotRunning: no agent to run it
     if outcome is None:
-        print(f"relay command: no outcome within {limit:g}s (is relay running?)", file=sys.stderr)
+        print(f"relay command: no outcome within {limit:g}s", file=sys.stderr)
         return EX_FAIL
-    status, error = outcome
+    return _outcome(*outcome)
+
+
+def _seen(command_id: str, state: tuple[str, str | None, str | None] | None) -> str:
+    if state is None:
+        return f"command {command_id} was seen before"
+    what, status, error = state
+    if what != "done":
+        return f"command {command_id} is {what} already"
+    return f"command {command_id} ran already: {status or 'failed'}" + (f": {error}" * bool(error))
+
+
+def _outcome(status: str, error: str | None) -> int:
+    """Print the outcome; the exit status of --wait."""
     print(status + (f": {error}" if error else ""))
     return EX_OK if status == "ok" else EX_FAIL
 
