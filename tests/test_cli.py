@@ -182,6 +182,39 @@ def test_dlq_list_retry_purge(cfg: Path, relay_env: dict[str, str], state_dir: P
         assert spool.dead_letters() == []
 
 
+def test_dlq_says_when_there_is_nothing(
+    cfg: Path, relay_env: dict[str, str], state_dir: Path
+) -> None:
+    def dlq(*args: str) -> subprocess.CompletedProcess[str]:
+        return run(["dlq", *args, "--config", str(cfg)], relay_env)
+
+    def nothing() -> None:
+        assert (dlq("list").returncode, dlq("list").stdout) == (0, "no dead letters\n")
+        assert dlq("list", "--sink", "cloud").stdout == "no dead letters for sink cloud\n"
+        assert dlq("list", "--sink", "@ingest").stdout == "no dead letters for sink @ingest\n"
+        assert (dlq("list", "--json").returncode, dlq("list", "--json").stdout) == (0, "")
+        unknown = dlq("list", "--sink", "clod")
+        assert (unknown.returncode, unknown.stdout) == (2, "")
+        assert unknown.stderr == (
+            "relay dlq: no sink named 'clod' in the config (sinks: cloud; "
+            "input refused at the door: @ingest, @commands)\n"
+        )
+        assert dlq("purge", "--sink", "clod").returncode == 2
+
+    nothing()  # before anything ran here
+    assert not (state_dir / "spool.db").exists()  # and listing made no spool file
+    relay.push("x", config_path=cfg)
+    nothing()  # with a spool file
+
+
+def test_dlq_usage_names_what_is_missing(relay_env: dict[str, str]) -> None:
+    result = run(["dlq"], relay_env)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "relay dlq: error: the following arguments are required: action"
+    )
+
+
 def test_python_push_works_without_the_agent(cfg: Path, state_dir: Path) -> None:
     event = relay.push("door opened", {"state": "open"}, config_path=cfg)
     with Spool.open(state_dir) as spool:
