@@ -28,15 +28,17 @@ def push(
     *,
     config_path: str | os.PathLike[str] | None = None,
     source: str = "push",
+    other_config: str = "pass --config PATH",
 ) -> Event:
     """Store one event durably and return it; when this returns, the event is on disk.
 
     Raises ``ConfigError`` for a bad config, ``ValueError`` for a bad name or payload,
     ``SpoolFull`` when the spool is full and ``SpoolError`` when it cannot be written.
+    ``other_config``: how the caller names another config file (``config.load``).
     """
     if not name or len(name) > MAX_NAME or not name.isprintable():
         raise ValueError(f"event name must be 1 to {MAX_NAME} printable characters")
-    settings = config.load(config.config_path(config_path))
+    settings = config.load(config.config_path(config_path), other=other_config)
     event = Event.new(node=settings.node, source=source, name=name, payload=payload)
     with Spool.configured(settings.spool, settings.state_dir) as spool:
         spool.put(event)

@@ -15,6 +15,7 @@ import relay
 from relay.agent import Agent
 from relay.config import load
 from relay.doorbell import Doorbell, ring
+from relay.errors import ConfigError
 from relay.spool import Spool
 from tests.helpers import toml
 from tests.helpers.common import RELAY
@@ -220,6 +221,21 @@ def test_python_push_works_without_the_agent(cfg: Path, state_dir: Path) -> None
     with Spool.open(state_dir) as spool:
         spool.register_sinks(["cloud"])
         assert spool.lease("cloud").records[0].event == event
+
+
+def test_a_missing_config_is_worded_for_the_caller(
+    tmp_path: Path, relay_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "none.toml"
+    monkeypatch.setenv("RELAY_CONFIG", str(missing))
+    with pytest.raises(ConfigError) as info:
+        relay.push("door opened")  # from Python the argument is config_path=
+    assert info.value.problems == [f"{missing}: no such file (create it, or pass config_path=...)"]
+    result = run(["push", "door opened", "--config", str(missing)], relay_env)
+    assert (result.returncode, result.stderr) == (
+        78,
+        f"relay: {missing}: no such file (create it, or pass --config PATH)\n",
+    )
 
 
 def test_doorbell_rings_within_100ms(tmp_path: Path) -> None:

@@ -110,14 +110,17 @@ def config_path(cli_path: str | os.PathLike[str] | None) -> Path:
     return Path(env) if env else DEFAULT_PATH
 
 
-def load(path: Path) -> Settings:
-    """Read, validate and return the config; ``ConfigError`` lists every problem."""
+def load(path: Path, *, other: str = "pass --config PATH") -> Settings:
+    """Read, validate and return the config; ``ConfigError`` lists every problem.
+
+    ``other``: how the caller names another file, for the line saying that this one does
+    not exist (``relay.push`` from Python has ``config_path=``, not ``--config``)."""
     where = str(path)
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)  # syntax errors first, with their line and column
     except FileNotFoundError:
-        raise ConfigError([f"{where}: no such file (create it, or pass --config PATH)"]) from None
+        raise ConfigError([f"{where}: no such file (create it, or {other})"]) from None
     except OSError as exc:
         raise ConfigError([f"{where}: cannot read: {exc.strerror}"]) from None
     except tomllib.TOMLDecodeError as exc:
