@@ -291,61 +291,33 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _dlq(args: argparse.Namespace) -> int:
-    from relay import report
-    from relay.doorbell import ring
-    from relay.spool import Spool
+    from relay import dlq, report
 
     settings = _settings(args)
     if args.action == "purge" and not (args.ids or args.sink or args.all):
         raise UsageError("name the IDs or --sink to purge, or pass --all")
-    if not (settings.state_dir / "spool.db").exists():  # nothing ran here: nothing to make
-        _dlq_sink(settings, args.sink, kept=False)
-        return _dlq_none(args) if args.action == "list" else _dlq_done(args, 0)
-    with Spool.configured(settings.spool, settings.state_dir) as spool:
-        if args.sink is not None:
-            _dlq_sink(settings, args.sink, kept=bool(spool.dead_letters(args.sink)))
+    try:
         if args.action == "list":
-            found = spool.dead_letters(args.sink, args.ids)
-            for dl in found:
-                if args.json:
-                    print(json.dumps(report.dead_letter_json(dl)))
-                else:
-                    print(report.dead_letter_text(dl))
-            return EX_OK if found else _dlq_none(args)
-        if args.action == "retry":
-            n = spool.redeliver(args.sink, args.ids)
-            ring(settings.state_dir)
+            found = dlq.dead_letters(settings, args.sink, args.ids)
         else:
-            n = spool.purge(args.sink, args.ids)
-    return _dlq_done(args, n)
-
-
-def _dlq_sink(settings: Settings, sink: str | None, *, kept: bool) -> None:
-    """A --sink that names nothing is a mistake to say, not an empty list: the config's
-    sinks, the pseudo-sinks of input refused at the door, or a sink no longer configured
-    whose dead letters the spool kept."""
-    from relay.spool import COMMAND_REJECTS, INGEST_REJECTS
-
-    names = [s.name for s in settings.sinks]
-    if sink is None or kept or sink in {*names, INGEST_REJECTS, COMMAND_REJECTS}:
-        return
-    raise UsageError(
-        f"no sink named {sink!r} in the config (sinks: {', '.join(names) or 'none'}; "
-        f"input refused at the door: {INGEST_REJECTS}, {COMMAND_REJECTS})"
-    )
-
-
-def _dlq_none(args: argparse.Namespace) -> int:
-    if not args.json:  # JSON lines: none is no line
-        print(
-            "no dead letters"
-            + (f" for sink {args.sink}" if args.sink else "")
-            + (" with those ids" if args.ids else "")
-        )
-    return EX_OK
-
-
-def _dlq_done(args: argparse.Namespace, n: int) -> int:
+            act = dlq.redeliver if args.action == "retry" else dlq.purge
+            n = act(settings, args.sink, args.ids)
+    except ValueError as exc:  # a --sink that names nothing
+        raise UsageError(str(exc)) from None
+    if args.action == "list":
+        for dl in found:
+            print(
+                json.dumps(report.dead_letter_json(dl))
+                if args.json
+                else report.dead_letter_text(dl)
+            )
+        if not found and not args.json:  # JSON lines: none is no line
+            sink, ids = (
+                f" for sink {args.sink}" * bool(args.sink),
+                " with those ids" * bool(args.ids),
+            )
+            print(f"no dead letters{sink}{ids}")
+        return EX_OK
     print(f"{n} dead letter(s) " + ("queued again" if args.action == "retry" else "purged"))
     if args.ids and n < len(args.ids):
         print(f"relay dlq: {len(args.ids) - n} id(s) not found", file=sys.stderr)
