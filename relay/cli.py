@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -268,6 +267,8 @@ def _outcome(status: str, error: str | None) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    import shutil  # it imports zlib, bz2 and lzma: only for the one command that needs it
+
     from relay import report, status
 
     settings = _settings(args)
