@@ -18,7 +18,10 @@ def push(
     *,
     config_path: str | os.PathLike[str] | None = None,
 ) -> Event:
-    """Put one event in relay's spool; returns once it is on disk. See ``relay push``."""
+    """Put one event in relay's spool; returns once it is on disk. See ``relay push``.
+
+    The config is ``config_path``, else ``$RELAY_CONFIG``, else /etc/relay.toml;
+    ``relay.errors.ConfigError`` when it is missing or wrong."""
     from relay.producer import push as _push  # keep ``import relay`` light
 
-    return _push(name, payload, config_path=config_path)
+    return _push(name, payload, config_path=config_path, other_config="pass config_path=...")

@@ -4,22 +4,18 @@ module that knows the concrete ones), supervises them, and stops them in order.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
-import os
 import random
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import IO
 
-from relay import wiring
+from relay import statelock, wiring
 from relay.backoff import Backoff
 from relay.config import Settings
 from relay.doorbell import Doorbell
-from relay.errors import AlreadyRunning, DiskUnavailable, SpoolError
+from relay.errors import DiskUnavailable, SpoolError
 from relay.spool import Spool
 from relay.spool.file import disk_trouble
 from relay.systemd import Notifier, status_text
@@ -52,7 +48,7 @@ class Agent:
         if self.spool is not None:
             return
         s = self.settings
-        self._lock_file = self._lock_file or _lock_state_dir(s.state_dir)
+        self._lock_file = self._lock_file or statelock.take(s.state_dir)
         spool = Spool.configured(s.spool, s.state_dir, agent=True)
         try:
             spool.register_sinks([sink.name for sink in s.sinks])
@@ -100,19 +96,23 @@ class Agent:
         """
         notifier = notifier or Notifier()
         try:
-            if not self._open_when_writable(stop, notifier):
-                return  # stopped while it waited
-            self.start()
-            notifier.ready()
-            self._supervise(stop, notifier)
-        finally:
-            reloading = reload is not None and reload.is_set()
-            log.info("reloading the config" if reloading else "stopping")
-            if reloading:
-                notifier.reloading()
-            else:
-                notifier.stopping()
+            if self._open_when_writable(stop, notifier):  # else: stopped while it waited
+                self.start()
+                notifier.ready()
+                self._supervise(stop, notifier)
+        except BaseException:
+            # The caller reports why (a pin library missing, a port taken): that line must
+            # be the first a person reads, not a "stopping" before it.
+            notifier.stopping()
             self.stop()
+            raise
+        reloading = reload is not None and reload.is_set()
+        log.info("reloading the config" if reloading else "stopping")
+        if reloading:
+            notifier.reloading()
+        else:
+            notifier.stopping()
+        self.stop()
 
     def _open_when_writable(self, stop: threading.Event, notifier: Notifier) -> bool:
         """:meth:`open`, waiting while the disk is full or read-only (a card remounted
@@ -227,28 +227,3 @@ def _sleep(stop: threading.Event, notifier: Notifier, seconds: float) -> bool:
         if tick:
             notifier.watchdog()
     return stop.is_set()
-
-
-def _lock_state_dir(state_dir: Path) -> IO[str]:
-    """Hold ``<state_dir>/relay.lock`` for the agent's lifetime: one agent per spool."""
-    try:
-        state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
-        f = (state_dir / "relay.lock").open("a+")
-    except OSError as exc:
-        message = f"cannot use state_dir {state_dir}: {exc.strerror}"
-        raise (DiskUnavailable if disk_trouble(state_dir) else SpoolError)(message) from None
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        pid = f.read().strip() or "?"
-        f.close()
-        raise AlreadyRunning(
-            f"another relay (pid {pid}) is running with state_dir {state_dir}"
-        ) from None
-    with contextlib.suppress(OSError):
-        f.truncate(0)
-        # Unbuffered: on a full disk a buffered write would fail again at close(), and
-        # raise from the agent's clean-up.
-        os.write(f.fileno(), f"{os.getpid()}\n".encode())
-    return f

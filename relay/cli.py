@@ -2,6 +2,10 @@
 
 Exit status: 0 success, 1 runtime failure, 2 usage error, 78 bad config (EX_CONFIG, which
 the systemd unit's ``RestartPreventExitStatus=`` honours so a typo does not restart-loop).
+
+Each command imports what it needs when it runs: ``relay push`` from a script on a Pi Zero
+pays for every module imported here, and the config alone (pydantic) is most of its time
+(tests/bench/cli_bench.py).
 """
 
 from __future__ import annotations
@@ -9,15 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from relay import __version__, config
+from relay import __version__
 from relay.errors import ConfigError, RelayError
+
+if TYPE_CHECKING:
+    from relay.config import Settings
 
 EX_OK, EX_FAIL, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 
@@ -85,8 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     status = add("status", _status, "queue depth, ages, errors and dead letters per sink")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     dlq = add("dlq", _dlq, "list, retry or purge dead letters")
-    dlq.add_argument("action", choices=["list", "retry", "purge"])
-    dlq.add_argument("ids", nargs="*", metavar="ID", help="event ids (default: all)")
+    dlq.add_argument("action", choices=["list", "retry", "purge"], help="what to do")
+    # default=[]: argparse takes a "*" positional without a default for a required one, and
+    # "relay dlq" alone said "the following arguments are required: action, ID".
+    dlq.add_argument("ids", nargs="*", default=[], metavar="ID", help="event ids (default: all)")
     dlq.add_argument("--sink", metavar="NAME", help="only this sink's dead letters")
     dlq.add_argument("--all", action="store_true", help="purge: confirm purging everything")
     dlq.add_argument("--json", action="store_true", help="list: one JSON object per line")
@@ -94,11 +102,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _settings(args: argparse.Namespace) -> config.Settings:
+def _settings(args: argparse.Namespace) -> Settings:
+    from relay import config
+
     return config.load(config.config_path(args.config))
 
 
 def _run(args: argparse.Namespace) -> int:
+    from relay import config
     from relay.signals import SignalListener
     from relay.systemd import setup_logging
 
@@ -122,9 +133,7 @@ def _run(args: argparse.Namespace) -> int:
         listener.close()
 
 
-def _serve(
-    settings: config.Settings, path: Path, stop: threading.Event, reload: threading.Event
-) -> int:
+def _serve(settings: Settings, path: Path, stop: threading.Event, reload: threading.Event) -> int:
     """Run agents until a stop that is not a reload; the exit status."""
     from relay.agent import Agent
     from relay.systemd import Notifier, setup_logging
@@ -135,7 +144,7 @@ def _serve(
             Agent(settings).run(stop, notifier, reload)
         except ConfigError as exc:  # found only while building (a TLS file pika cannot load)
             for line in exc.problems:
-                log.critical("%s", line)
+                log.critical("%s: %s", path, line)
             return EX_CONFIG
         except RelayError as exc:
             log.critical("%s", exc)
@@ -148,9 +157,11 @@ def _serve(
         stop.clear()
 
 
-def _reloaded(path: Path, current: config.Settings) -> config.Settings:
+def _reloaded(path: Path, current: Settings) -> Settings:
     """The config at ``path`` after SIGHUP; a bad one is reported and the current one kept,
     so a typo in an edit does not take relay down."""
+    from relay import config
+
     try:
         settings = config.load(path)
         if problems := config.permission_problems(path):
@@ -165,20 +176,27 @@ def _reloaded(path: Path, current: config.Settings) -> config.Settings:
 
 def _demo(args: argparse.Namespace) -> int:
     from relay import demo
+    from relay.signals import SignalListener
     from relay.systemd import setup_logging
 
+    if args.config is not None:
+        raise UsageError(
+            "--config is not used: the demo makes its own config and spool in a temporary "
+            "directory (relay --config PATH run runs yours)"
+        )
     if args.events < 1 or not 0 <= args.fail_rate < 1:
         raise UsageError("--events must be at least 1 and --fail-rate in [0, 1)")
     setup_logging("warning")
+    stop = threading.Event()
+    # Ctrl-C ends the demo as the person asked: a summary and exit status 0 (signal
+    # handlers only set a flag: relay/signals.py).
+    listener = SignalListener(on_stop=stop.set, on_reload=lambda: None)
+    listener.start()
     try:
-        import gpiozero  # noqa: F401
-    except ImportError:
-        raise UsageError(
-            "the demo's door sensor is a simulated GPIO pin: "
-            "pip install 'relay[gpio]' (gpiozero) first"
-        ) from None
-    tally = demo.run(events=args.events, fail_rate=args.fail_rate)
-    return EX_OK if tally.delivered == tally.produced else EX_FAIL
+        tally = demo.run(events=args.events, fail_rate=args.fail_rate, stop=stop)
+    finally:
+        listener.close()
+    return EX_OK if not tally.finished or tally.delivered == tally.produced else EX_FAIL
 
 
 def _push(args: argparse.Namespace) -> int:
@@ -199,7 +217,7 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _command(args: argparse.Namespace) -> int:
-    from relay.producer import command, wait_for_outcome
+    from relay.producer import command, command_state, wait_for_outcome
 
     cmd_args = None
     if args.args is not None:
@@ -213,66 +231,95 @@ def _command(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if not new:
-        print(f"relay command: id {cmd.id} was seen before: not queued again", file=sys.stderr)
-        return EX_FAIL
     print(cmd.id)
-    if not args.wait:
+    if new and not args.wait:
         return EX_OK
     settings = _settings(args)
+    if not new:
+        # A script sending the same id again (a retry) did its job: say what became of it.
+        state = command_state(settings, cmd.id)
+        print(f"relay command: {_seen(cmd.id, state)}: not queued again", file=sys.stderr)
+        if state is not None and state[0] == "done":
+            return _outcome(state[1] or "failed", state[2]) if args.wait else EX_OK
+        if not args.wait:
+            return EX_OK
     limit = settings.commands.ttl_s + settings.commands.timeout_s + 5
-    outcome = wait_for_outcome(settings, cmd.id, limit)
+    outcome = wait_for_outcome(settings, cmd.id, limit)  # NotRunning: no agent to run it
     if outcome is None:
-        print(f"relay command: no outcome within {limit:g}s (is relay running?)", file=sys.stderr)
+        print(f"relay command: no outcome within {limit:g}s", file=sys.stderr)
         return EX_FAIL
-    status, error = outcome
+    return _outcome(*outcome)
+
+
+def _seen(command_id: str, state: tuple[str, str | None, str | None] | None) -> str:
+    if state is None:
+        return f"command {command_id} was seen before"
+    what, status, error = state
+    if what != "done":
+        return f"command {command_id} is {what} already"
+    return f"command {command_id} ran already: {status or 'failed'}" + (f": {error}" * bool(error))
+
+
+def _outcome(status: str, error: str | None) -> int:
+    """Print the outcome; the exit status of --wait."""
     print(status + (f": {error}" if error else ""))
     return EX_OK if status == "ok" else EX_FAIL
 
 
 def _status(args: argparse.Namespace) -> int:
-    from relay import report
-    from relay.spool import Spool
+    import shutil  # it imports zlib, bz2 and lzma: only for the one command that needs it
+
+    from relay import report, status
 
     settings = _settings(args)
-    if not (settings.state_dir / "spool.db").exists():
-        print(f"relay status: no spool in {settings.state_dir} yet (relay has not run)")
-        return EX_OK
-    with Spool.configured(settings.spool, settings.state_dir) as spool:
-        stats = spool.stats()
+    found = status.gather(settings)
     broker = f"{settings.mqtt.host}:{settings.mqtt.port}"
     if args.json:
-        print(json.dumps(report.status_json(stats, broker=broker), indent=2))
+        doc = report.status_json(found.stats, broker=broker, not_started=found.not_started)
+        print(json.dumps(doc, indent=2))
     else:
         # As wide as the terminal, for longer errors; 80 columns when piped.
         width = max(report.WIDTH, shutil.get_terminal_size().columns)
-        print(report.status_text(stats, width=width, broker=broker))
+        text = report.status_text(
+            found.stats,
+            width=width,
+            broker=broker,
+            not_started=found.not_started,
+            no_file=not found.exists,
+        )
+        print(text)
     return EX_OK
 
 
 def _dlq(args: argparse.Namespace) -> int:
-    from relay import report
-    from relay.doorbell import ring
-    from relay.spool import Spool
+    from relay import dlq, report
 
     settings = _settings(args)
     if args.action == "purge" and not (args.ids or args.sink or args.all):
         raise UsageError("name the IDs or --sink to purge, or pass --all")
-    with Spool.configured(settings.spool, settings.state_dir) as spool:
+    try:
         if args.action == "list":
-            for dl in spool.dead_letters(args.sink, args.ids):
-                if args.json:
-                    print(json.dumps(report.dead_letter_json(dl)))
-                else:
-                    print(report.dead_letter_text(dl))
-            return EX_OK
-        if args.action == "retry":
-            n = spool.redeliver(args.sink, args.ids)
-            ring(settings.state_dir)
-            print(f"{n} dead letter(s) queued again")
+            found = dlq.dead_letters(settings, args.sink, args.ids)
         else:
-            n = spool.purge(args.sink, args.ids)
-            print(f"{n} dead letter(s) purged")
+            act = dlq.redeliver if args.action == "retry" else dlq.purge
+            n = act(settings, args.sink, args.ids)
+    except ValueError as exc:  # a --sink that names nothing
+        raise UsageError(str(exc)) from None
+    if args.action == "list":
+        for dl in found:
+            print(
+                json.dumps(report.dead_letter_json(dl))
+                if args.json
+                else report.dead_letter_text(dl)
+            )
+        if not found and not args.json:  # JSON lines: none is no line
+            sink, ids = (
+                f" for sink {args.sink}" * bool(args.sink),
+                " with those ids" * bool(args.ids),
+            )
+            print(f"no dead letters{sink}{ids}")
+        return EX_OK
+    print(f"{n} dead letter(s) " + ("queued again" if args.action == "retry" else "purged"))
     if args.ids and n < len(args.ids):
         print(f"relay dlq: {len(args.ids) - n} id(s) not found", file=sys.stderr)
         return EX_FAIL
@@ -280,6 +327,8 @@ def _dlq(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from relay import config
+
     path = config.config_path(args.config)
     settings = config.load(path)
     print(json.dumps(config.dump(settings), indent=2))

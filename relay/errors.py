@@ -8,6 +8,7 @@
     │   └── DiskUnavailable  the disk holding the state dir is full or read-only: the agent
     │                        waits for it rather than exit
     ├── AlreadyRunning       another agent holds the state directory
+    ├── NotRunning           no agent holds it, and the caller needs one (relay command --wait)
     ├── SendError            a sink could not deliver (raised by sinks, handled by forwarders)
     │   ├── TransientError   retry later, forever (or until ``max_age``)
     │   └── PermanentError   counts toward ``max_retries``, then the event is dead-lettered
@@ -59,6 +60,10 @@ class DiskUnavailable(SpoolError):
 
 class AlreadyRunning(RelayError):
     """Another agent already runs on the same state directory."""
+
+
+class NotRunning(RelayError):
+    """No agent runs on the state directory, and what was asked needs one."""
 
 
 class SendError(RelayError):

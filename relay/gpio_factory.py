@@ -31,7 +31,8 @@ def pin_factory(name: str) -> Factory:
         raise ConfigError(
             [
                 f"gpio.pin_factory: {name!r} needs {exc.name or 'a library'} "
-                "(pip install 'relay[gpio]'; on a Pi: apt install python3-lgpio)"
+                "(pip install 'relay[gpio]'; on a Pi: apt install python3-lgpio; "
+                'off a Pi: pin_factory = "mock", as in etc/laptop.toml)'
             ]
         ) from None
     except Exception as exc:  # noqa: BLE001  (each factory fails its own way without a GPIO chip)

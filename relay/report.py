@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from typing import Any
 
 from relay.spool import BrokerDrops, DeadLetter, SinkStats, SpoolStats
@@ -16,10 +17,15 @@ MIN_ERROR = 24  # the last error keeps at least this much room, taken from the n
 
 
 def status_json(
-    stats: SpoolStats, now: float | None = None, *, broker: str | None = None
+    stats: SpoolStats,
+    now: float | None = None,
+    *,
+    broker: str | None = None,
+    not_started: Collection[str] = (),
 ) -> dict[str, Any]:
     """The ``relay status --json`` document. Keys are only ever added, never renamed.
-    ``broker``: the MQTT broker's address, when the config has one."""
+    ``broker``: the MQTT broker's address, when the config has one; ``not_started``: the
+    configured sinks the agent has not registered yet (``relay.status``)."""
     now = time.time() if now is None else now
     doc = {
         "spool": {
@@ -45,6 +51,7 @@ def status_json(
                 "last_error_age_s": _age(s.last_error_at, now),
                 "delivered": s.delivered,
                 "dead_letters": s.dead_letters,
+                "started": s.name not in not_started,  # false: relay has not run with it yet
             }
             for s in stats.sinks
         ],
@@ -66,20 +73,32 @@ def _broker_json(drops: BrokerDrops, address: str | None, now: float) -> dict[st
 
 
 def status_text(
-    stats: SpoolStats, now: float | None = None, *, width: int = WIDTH, broker: str | None = None
+    stats: SpoolStats,
+    now: float | None = None,
+    *,
+    width: int = WIDTH,
+    broker: str | None = None,
+    not_started: Collection[str] = (),
+    no_file: bool = False,
 ) -> str:
     """``relay status`` for a person: the spool, then a table with a row per sink. No line
     is longer than ``width``: long paths, names and errors are cut with an ellipsis.
-    ``broker``: the MQTT broker's address, for the line on what it dropped."""
+    ``broker``: the MQTT broker's address, for the line on what it dropped; ``not_started``:
+    the configured sinks the agent has not registered yet; ``no_file``: the spool file does
+    not exist yet."""
     now = time.time() if now is None else now
     lines = [_spool_line(stats, width), *_disk_line(stats, width), *_wear_line(stats, now, width)]
+    if no_file:
+        lines.append(
+            clip("no spool file yet: relay has not run here and nothing was pushed", width)
+        )
     lines += _broker_lines(stats.broker, broker or "the MQTT broker", now, width)
     if not stats.sinks:
         return "\n".join([*lines, "no sinks configured: events wait in the spool"])
     rows = [
         (
             s.name,
-            sink_state(s),
+            "not started" if s.name in not_started else sink_state(s),
             f"{s.depth:,}",
             human_age(_age(s.oldest_at, now)),
             f"{s.dead_letters:,}",

@@ -57,14 +57,19 @@ class Component(Protocol):
     def alive(self) -> bool: ...
 
 
-def components(settings: Settings, spool: Spool) -> list[Component]:
+def components(
+    settings: Settings, spool: Spool, *, metrics: Metrics | None = None
+) -> list[Component]:
     """Every component, in start order; the agent stops them in reverse, so inputs stop
     first, then the command executor, Home Assistant discovery and the forwarders, and the
     MQTT connection last of those. The MQTT connection starts first, so that the broker
     hands over what it queued while relay was away at once, before the forwarders start
     sending. The metrics endpoint, when configured, comes before it and stops last; it binds
-    its port when built, so a port already taken stops relay before anything runs."""
-    metrics, endpoint = _metrics(settings, spool)
+    its port when built, so a port already taken stops relay before anything runs.
+
+    ``metrics``: what the components count into, instead of what ``[metrics]`` configures
+    (``relay demo`` watches its deliveries through it)."""
+    metrics, endpoint = (metrics, []) if metrics is not None else _metrics(settings, spool)
     forwarders = [forwarder(cfg, spool, metrics) for cfg in settings.sinks]
     factory = _pin_factory(settings)
     commands = bool(

@@ -15,6 +15,7 @@ import relay
 from relay.agent import Agent
 from relay.config import load
 from relay.doorbell import Doorbell, ring
+from relay.errors import ConfigError
 from relay.spool import Spool
 from tests.helpers import toml
 from tests.helpers.common import RELAY
@@ -99,6 +100,61 @@ def test_status_before_the_first_run(cfg: Path, relay_env: dict[str, str]) -> No
     assert result.returncode == 0 and "has not run" in result.stdout
 
 
+TWO_SINKS = (SINK, toml.http_sink("http://127.0.0.1:9/", name="bus"))
+
+
+def table(text: str) -> dict[str, list[str]]:
+    """The rows of relay status's table, by sink name."""
+    rows = text.split("\n\n", 1)[1].splitlines()[1:]
+    return {row.split()[0]: row.split()[1:] for row in rows}
+
+
+def test_status_lists_the_configured_sinks_before_anything_ran(
+    write_config: Callable[..., Path], relay_env: dict[str, str], state_dir: Path
+) -> None:
+    cfg = str(write_config(*TWO_SINKS))
+    text = run(["status", "--config", cfg], relay_env).stdout
+    assert table(text) == {
+        "bus": ["not", "started", "0", "-", "0", "-"],
+        "cloud": ["not", "started", "0", "-", "0", "-"],
+    }
+    doc = json.loads(run(["status", "--json", "--config", cfg], relay_env).stdout)
+    assert [(s["name"], s["depth"], s["delivered"], s["started"]) for s in doc["sinks"]] == [
+        ("bus", 0, 0, False),
+        ("cloud", 0, 0, False),
+    ]
+    assert not (state_dir / "spool.db").exists()  # a status is a read
+
+
+def test_status_after_push_shows_what_each_sink_will_get(
+    write_config: Callable[..., Path], relay_env: dict[str, str]
+) -> None:
+    cfg = str(write_config(*TWO_SINKS))
+    for name in ("a", "b"):
+        assert run(["push", name, "--config", cfg], relay_env).returncode == 0
+    rows = table(run(["status", "--config", cfg], relay_env).stdout)
+    assert {name: row[:3] for name, row in rows.items()} == {
+        "bus": ["not", "started", "2"],  # the first sinks take what was pushed before
+        "cloud": ["not", "started", "2"],
+    }
+    doc = json.loads(run(["status", "--json", "--config", cfg], relay_env).stdout)
+    assert [(s["depth"], s["delivered"], s["started"]) for s in doc["sinks"]] == [(2, 0, False)] * 2
+
+
+def test_status_shows_a_sink_added_since_the_agent_ran(
+    write_config: Callable[..., Path], relay_env: dict[str, str], state_dir: Path
+) -> None:
+    cfg = str(write_config(*TWO_SINKS))
+    with Spool.open(state_dir) as spool:  # the agent ran with "cloud" only
+        spool.register_sinks(["cloud"])
+    assert run(["push", "a", "--config", cfg], relay_env).returncode == 0
+    doc = json.loads(run(["status", "--json", "--config", cfg], relay_env).stdout)
+    assert [(s["name"], s["depth"], s["started"]) for s in doc["sinks"]] == [
+        ("bus", 0, False),  # it starts after the newest event, when the agent registers it
+        ("cloud", 1, True),
+    ]
+
+
 def test_dlq_list_retry_purge(cfg: Path, relay_env: dict[str, str], state_dir: Path) -> None:
     ids = [relay.push(f"e{i}", i, config_path=cfg).id for i in range(3)]
     with Spool.open(state_dir) as spool:
@@ -127,11 +183,59 @@ def test_dlq_list_retry_purge(cfg: Path, relay_env: dict[str, str], state_dir: P
         assert spool.dead_letters() == []
 
 
+def test_dlq_says_when_there_is_nothing(
+    cfg: Path, relay_env: dict[str, str], state_dir: Path
+) -> None:
+    def dlq(*args: str) -> subprocess.CompletedProcess[str]:
+        return run(["dlq", *args, "--config", str(cfg)], relay_env)
+
+    def nothing() -> None:
+        assert (dlq("list").returncode, dlq("list").stdout) == (0, "no dead letters\n")
+        assert dlq("list", "--sink", "cloud").stdout == "no dead letters for sink cloud\n"
+        assert dlq("list", "--sink", "@ingest").stdout == "no dead letters for sink @ingest\n"
+        assert (dlq("list", "--json").returncode, dlq("list", "--json").stdout) == (0, "")
+        unknown = dlq("list", "--sink", "clod")
+        assert (unknown.returncode, unknown.stdout) == (2, "")
+        assert unknown.stderr == (
+            "relay dlq: no sink named 'clod' in the config (sinks: cloud; "
+            "input refused at the door: @ingest, @commands)\n"
+        )
+        assert dlq("purge", "--sink", "clod").returncode == 2
+
+    nothing()  # before anything ran here
+    assert not (state_dir / "spool.db").exists()  # and listing made no spool file
+    relay.push("x", config_path=cfg)
+    nothing()  # with a spool file
+
+
+def test_dlq_usage_names_what_is_missing(relay_env: dict[str, str]) -> None:
+    result = run(["dlq"], relay_env)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "relay dlq: error: the following arguments are required: action"
+    )
+
+
 def test_python_push_works_without_the_agent(cfg: Path, state_dir: Path) -> None:
     event = relay.push("door opened", {"state": "open"}, config_path=cfg)
     with Spool.open(state_dir) as spool:
         spool.register_sinks(["cloud"])
         assert spool.lease("cloud").records[0].event == event
+
+
+def test_a_missing_config_is_worded_for_the_caller(
+    tmp_path: Path, relay_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "none.toml"
+    monkeypatch.setenv("RELAY_CONFIG", str(missing))
+    with pytest.raises(ConfigError) as info:
+        relay.push("door opened")  # from Python the argument is config_path=
+    assert info.value.problems == [f"{missing}: no such file (create it, or pass config_path=...)"]
+    result = run(["push", "door opened", "--config", str(missing)], relay_env)
+    assert (result.returncode, result.stderr) == (
+        78,
+        f"relay: {missing}: no such file (create it, or pass --config PATH)\n",
+    )
 
 
 def test_doorbell_rings_within_100ms(tmp_path: Path) -> None:

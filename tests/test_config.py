@@ -242,6 +242,43 @@ def test_bad_environment_value_is_reported(
     assert "spool.when_full" in line
 
 
+def test_environment_merges_into_a_table_and_replaces_a_list(
+    write_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_config(
+        '[spool]\nmax_size = "1MB"\n',
+        '[[sinks]]\nname = "a"\ntype = "http"\nurl = "http://127.0.0.1:9/"\n',
+        '[[sinks]]\nname = "b"\ntype = "http"\nurl = "http://127.0.0.1:9/"\n',
+    )
+    monkeypatch.setenv("relay_spool__when_full", "drop_oldest")  # names in any case
+    monkeypatch.setenv("RELAY_SINKS", '[{"name": "c", "type": "http", "url": "http://h/"}]')
+    s = config.load(path)
+    assert (s.spool.max_size, s.spool.when_full) == (10**6, "drop_oldest")
+    assert [sink.name for sink in s.sinks] == ["c"]
+
+
+def test_environment_keys_are_checked_as_the_file_is(
+    write_config: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RELAY_SPOOL__MAX_SIZ", "1MB")
+    [line] = problems(write_config())
+    assert (
+        line == f"{write_config()}: spool.max_siz: unknown key (check its spelling and its table)"
+    )
+    monkeypatch.delenv("RELAY_SPOOL__MAX_SIZ")
+    monkeypatch.setenv("RELAY_SINKS", "[{nope")
+    [line] = problems(write_config())
+    assert line.startswith(f"{write_config()}: environment override: ") and "sinks" in line
+
+
+def test_settings_made_in_code_take_nothing_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RELAY_NODE", "from-env")
+    assert config.Settings(node="given").node == "given"
+    assert config.Settings().node != "from-env"
+
+
 def test_config_path_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RELAY_CONFIG", raising=False)
     assert config.config_path(None) == Path("/etc/relay.toml")

@@ -4,6 +4,7 @@ free ports where a test stops, restarts or floods the broker."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import signal
@@ -114,6 +115,29 @@ def test_2000_messages_all_spooled_once_in_order(
         marker_spooled(pub, topic, state_dir)
     assert numbers(state_dir, topic) == list(range(2000))
     assert [e["name"] for e in spooled(state_dir)][2000:] == [marker_of(topic)]
+
+
+def test_the_log_says_connected_before_what_the_session_kept(
+    broker: tuple[str, int],
+    write_config: Callable[..., Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """On a restart the broker still holds relay's session and its subscriptions: the log
+    says "connected (session resumed)" and then "subscribed to ... (kept in the broker's
+    session)", in that order (the subscription line came first)."""
+    topic, cid = unique("relaytest/"), unique("relay-test-")
+    cfg = write_config(toml.mqtt_in(broker[1], topic, client_id=cid))
+    caplog.set_level(logging.INFO, logger="relay")
+    for run in ("new", "resumed"):
+        caplog.clear()
+        with running_agent(cfg) as agent:
+            subscribed(agent)
+        lines = [r.getMessage() for r in caplog.records if r.name.startswith("relay.mqtt")]
+        connected = lines.index(f"mqtt: connected to {broker[0]}:{broker[1]} (session {run})")
+        [subscription] = [i for i, line in enumerate(lines) if "subscribed to" in line]
+        assert connected < subscription, lines
+    assert lines[subscription].startswith(f"mqtt: subscribed to {topic}/#")
+    assert lines[subscription].endswith("(kept in the broker's session)")
 
 
 def test_messages_sent_while_stopped_arrive_after_start(

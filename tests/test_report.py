@@ -160,6 +160,7 @@ def test_json_keys_are_stable() -> None:
         "last_error_age_s",
         "delivered",
         "dead_letters",
+        "started",
     }
     assert doc["sinks"][0]["oldest_age_s"] == 2.0
 

@@ -31,7 +31,10 @@ def need_systemd_python() -> Any:
     try:
         from systemd import daemon, journal
     except ImportError:
-        reason = "systemd-python is not installed (pip install -e '.[systemd]')"
+        reason = (
+            "systemd-python is not installed: it builds against libsystemd (apt install "
+            "libsystemd-dev pkg-config, then make clean, or pip install -e '.[systemd]')"
+        )
         if REQUIRE_BROKERS:
             pytest.fail(f"{reason}; CI must exercise the real library")
         pytest.skip(reason)

@@ -1,5 +1,5 @@
-"""The config file (a public interface: users' files must keep working), read by
-pydantic-settings: one model per component.
+"""The config file (a public interface: users' files must keep working), validated by
+pydantic: one model per component.
 
 Lookup: ``--config PATH``, else ``$RELAY_CONFIG``, else ``/etc/relay.toml``. Environment
 variables override the file (``RELAY_`` prefix, ``__`` between levels, so
@@ -20,7 +20,7 @@ the modules are:
     sources.py      [[sources]]: mqtt, gpio
     sinks.py        [[sinks]]: http, amqp, redis, and the retry policy they share
     devices.py      [[devices]]: gpio, mqtt, http
-    settings.py     ``Settings``: the whole file, its cross-table checks, env over file
+    settings.py     ``Settings``: the whole file, its cross-table checks; the environment
     problems.py     validation errors as one line per problem, never echoing a value
     permissions.py  ``permission_problems``: a file others may read (with secrets) or write
     __init__.py     config_path, load, dump
@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from pydantic_settings import SettingsError
 
 from relay.config.devices import (
     Action,
@@ -54,7 +53,7 @@ from relay.config.sections import (
     MqttConfig,
     SpoolConfig,
 )
-from relay.config.settings import Settings
+from relay.config.settings import Settings, environment, overlay
 from relay.config.sinks import (
     AmqpSinkConfig,
     HttpSinkConfig,
@@ -111,30 +110,31 @@ def config_path(cli_path: str | os.PathLike[str] | None) -> Path:
     return Path(env) if env else DEFAULT_PATH
 
 
-def load(path: Path) -> Settings:
-    """Read, validate and return the config; ``ConfigError`` lists every problem."""
+def load(path: Path, *, other: str = "pass --config PATH") -> Settings:
+    """Read, validate and return the config; ``ConfigError`` lists every problem.
+
+    ``other``: how the caller names another file, for the line saying that this one does
+    not exist (``relay.push`` from Python has ``config_path=``, not ``--config``)."""
     where = str(path)
     try:
         with path.open("rb") as f:
-            tomllib.load(f)  # syntax errors first, with their line and column
+            data = tomllib.load(f)  # syntax errors first, with their line and column
     except FileNotFoundError:
-        raise ConfigError([f"{where}: no such file (create it, or pass --config PATH)"]) from None
+        raise ConfigError([f"{where}: no such file (create it, or {other})"]) from None
     except OSError as exc:
         raise ConfigError([f"{where}: cannot read: {exc.strerror}"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{where}: not valid TOML: {exc}"]) from None
-
-    from_file = type(
-        "Settings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}}
-    )
     try:
-        settings: Settings = from_file()
+        env = environment()
+    except ValueError as exc:
+        # pydantic-settings could not decode an environment value (say, bad JSON in a list):
+        # its SettingsError is a ValueError, and catching it as one spares importing it.
+        raise ConfigError([f"{where}: environment override: {first_line(exc)}"]) from None
+    try:
+        return Settings.model_validate(overlay(data, env))
     except ValidationError as exc:
         raise ConfigError([f"{where}: {line}" for line in problems(exc)]) from None
-    except SettingsError as exc:
-        # pydantic-settings could not decode an environment value (say, bad JSON in a list).
-        raise ConfigError([f"{where}: environment override: {first_line(exc)}"]) from None
-    return settings
 
 
 def dump(settings: Settings) -> dict[str, Any]:

@@ -1,18 +1,14 @@
-"""``Settings``: the whole file, its cross-table checks, and where its values come from."""
+"""``Settings``: the whole file, its cross-table checks, and where its values come from: the
+file, and over it the environment (:func:`environment`)."""
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from relay.config.devices import DeviceConfig, MqttDeviceConfig
 from relay.config.sections import (
@@ -26,13 +22,17 @@ from relay.config.sections import (
 from relay.config.sinks import AmqpSinkConfig, SinkConfig
 from relay.config.sources import MqttSourceConfig, SourceConfig
 
+ENV_PREFIX, ENV_NESTING = "RELAY_", "__"
 
-class Settings(BaseSettings):
-    """The whole file. Components receive their own section, never this object."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="RELAY_", env_nested_delimiter="__", extra="forbid", frozen=True
-    )
+class Settings(BaseModel):
+    """The whole file. Components receive their own section, never this object.
+
+    A plain model: ``Settings(...)`` takes only what it is given; ``relay.config.load``
+    puts the file and the environment together. (Defaults are validated, as
+    pydantic-settings' ``BaseSettings`` did when this was one.)"""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     node: str = Field(default_factory=socket.gethostname, min_length=1)
     state_dir: Path = Path("/var/lib/relay")
@@ -81,15 +81,41 @@ class Settings(BaseSettings):
                 seen.add(item.name)
         return self
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Environment over file; no .env files and no secrets dir: a daemon's config should
-        # come from one place a person can find.
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+def environment() -> dict[str, Any]:
+    """The values that ``RELAY_*`` environment variables set, as nested data to lay over the
+    file's (``RELAY_SPOOL__MAX_SIZE=1GB`` is ``{"spool": {"max_size": "1GB"}}``; a list or a
+    table given whole is JSON). ``SettingsError`` for a value that does not decode.
+
+    pydantic-settings does the decoding, as it did when ``Settings`` was its
+    ``BaseSettings``. It is imported only when such a variable is set: importing it took a
+    quarter of the time of every ``relay push`` (tests/bench/cli_bench.py)."""
+    fields = set(Settings.model_fields)
+    prefix = ENV_PREFIX.lower()
+    if not any(
+        name.lower().startswith(prefix)
+        and name.lower()[len(prefix) :].split(ENV_NESTING)[0] in fields
+        for name in os.environ
+    ):
+        return {}
+    from pydantic_settings import EnvSettingsSource
+
+    source = EnvSettingsSource(
+        Settings,  # type: ignore[arg-type]  # it reads only the fields of a plain model
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTING,
+        case_sensitive=False,
+    )
+    return dict(source())
+
+
+def overlay(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` laid on it: tables merge key by key, anything else (a value, a
+    list such as ``sinks``) is replaced whole, as pydantic-settings merges its sources."""
+    merged = dict(base)
+    for key, value in over.items():
+        below = merged.get(key)
+        merged[key] = (
+            overlay(below, value) if isinstance(below, dict) and isinstance(value, dict) else value
+        )
+    return merged

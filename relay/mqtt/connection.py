@@ -236,6 +236,14 @@ class MqttConnection:
             self._why = f"broker refused the connection: {reason}"
             return
         resumed = bool(flags.session_present)
+        # First: what the subscriptions say next (kept in the session, or the session lost)
+        # is about this connection.
+        log.log(
+            logging.DEBUG if self._refused.reason else logging.INFO,  # handing back
+            "mqtt: connected to %s (session %s)",
+            self._where,
+            "resumed" if resumed else "new",
+        )
         session = Session(
             client.ack,
             client.disconnect,
@@ -256,12 +264,6 @@ class MqttConnection:
         self.connected.set()
         self._connected_once = True
         self._metrics.connected("mqtt")
-        log.log(
-            logging.DEBUG if self._refused.reason else logging.INFO,  # handing back
-            "mqtt: connected to %s (session %s)",
-            self._where,
-            "resumed" if resumed else "new",
-        )
         self._failing.succeeded()
         for subscriber in self._subscribers:
             try:

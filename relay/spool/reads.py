@@ -205,3 +205,20 @@ def tallies(c: Conn) -> Tallies:
     for source, count in unfolded_tallies(c).items():
         found["ingested"][source] = found["ingested"].get(source, 0) + count
     return Tallies(found["ingested"], found["rejected"])
+
+
+def newcomers(c: Conn, names: Sequence[str]) -> list[SinkStats]:
+    """Statistics of the sinks in ``names`` the file does not know yet, as they will start
+    when the agent registers them (``Txn.register``): the first sinks ever registered take
+    what producers queued before (``relay push`` before the agent ever ran); a later one
+    starts after the newest event. For ``relay status`` before ``relay run``."""
+    known = {row[0] for row in c.execute("SELECT name FROM sinks")}
+    first_ever = c.execute("SELECT value FROM meta WHERE key='sinks_seen'").fetchone()[0] == 0
+    found = []
+    for name in (n for n in names if n not in known):
+        head = c.execute(f"SELECT spooled_at {PENDING} ORDER BY seq LIMIT 1", (0, name)).fetchone()
+        dead = c.execute("SELECT count(*) FROM dead_letters WHERE sink=?", (name,)).fetchone()[0]
+        depth = pending_count(c, name, 0) if first_ever else 0
+        oldest = head[0] if first_ever and head else None
+        found.append(SinkStats(name, depth, oldest, 0, None, None, 0, dead))
+    return found

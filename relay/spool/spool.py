@@ -26,6 +26,7 @@ from relay.spool.model import (
     Durability,
     Lease,
     Record,
+    SinkStats,
     SourceKey,
     SpoolStats,
     Tallies,
@@ -376,6 +377,11 @@ class Spool:
                 unsettled=self._unsettled.copy(),
             )
         )
+
+    def newcomers(self, names: Sequence[str]) -> list[SinkStats]:
+        """Statistics of the sinks in ``names`` the file does not know yet, as they will start
+        once the agent registers them (``relay status`` before the agent has run)."""
+        return self._read(lambda c: reads.newcomers(c, names))
 
     def tallies(self) -> Tallies:
         """Events stored, and refused at the door, since the file was created, by source."""
