@@ -19,10 +19,13 @@ across them.
     model.py     what the spool hands out (records, leases, dead letters, stats)
     file.py      the file: opening it, pragmas, free space, corrupt-file handling
     reads.py     every read: sink rows and pending events, dead letters, commands, stats
+    figures.py   the byte count and the tallies, folded into the file now and then
+    wear.py      the bytes this process writes per event (/proc/self/io)
     chain.py     puts stored in order or not at all (the MQTT source's, per connection)
     overlay.py   acks and retry counters this process wrote, maybe not committed yet
-    txn.py       every write (events, acks, retries, dead letters, commands), inside one
+    txn.py       every write (events, acks, retries, dead letters), inside one
                  group-commit transaction
+    command_rows.py  the device command queue's writes, in that transaction
     writer.py    the writer thread: the bounded operation queue, group commit, acks
     inbox.py     the writer's queue
     changes.py   the wake-ups: version counters, waits and subscriptions

@@ -25,6 +25,18 @@ LOW_SPACE_PAGES = 16
 SMALL_FILE = 8 * 1024 * 1024  # a file up to this size is rewritten with PAGE_SIZE pages
 
 
+def connections(
+    state_dir: Path, durability: Durability, *, check: bool
+) -> tuple[sqlite3.Connection, sqlite3.Connection | None, Path | None]:
+    """The writer's connection, the readers' (None: the writer's serves both) and the file
+    (None: in memory) of the spool in ``state_dir``."""
+    if durability == "memory":
+        log.warning('spool durability is "memory": queued events are lost when relay stops')
+        return open_memory(), None, None
+    path = state_dir / "spool.db"
+    return open_file(path, durability, check=check), open_reader(path), path
+
+
 def open_file(path: Path, durability: Durability, *, check: bool) -> sqlite3.Connection:
     """Open (creating if needed) the spool at ``path``, ready for use.
 

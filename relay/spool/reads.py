@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from relay.errors import SpoolError
-from relay.event import Command
+from relay.event import Command, Event
 from relay.spool.figures import unfolded_bytes, unfolded_tallies
 from relay.spool.file import free_bytes
 from relay.spool.model import (
     BrokerDrops,
     DeadLetter,
+    Record,
     SinkRow,
     SinkStats,
     SpoolStats,
@@ -55,6 +56,17 @@ def pending(c: Conn, sink: str, cursor: int, limit: int) -> list[tuple[int, byte
         f"SELECT seq, body, spooled_at {PENDING} ORDER BY seq LIMIT ?", (cursor, sink, limit)
     ).fetchall()
     return rows
+
+
+def records(rows: list[tuple[int, bytes, float]]) -> tuple[list[Record], int | None]:
+    """The events of ``rows`` up to the first that is not one, and that one's seq."""
+    out = []
+    for seq, body, spooled_at in rows:
+        try:
+            out.append(Record(seq, Event.from_json(body), spooled_at))
+        except ValueError:
+            return out, seq
+    return out, None
 
 
 def pending_count(c: Conn, sink: str, cursor: int) -> int:

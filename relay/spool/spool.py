@@ -16,7 +16,7 @@ from typing import TypeVar
 from relay.config import SpoolConfig
 from relay.errors import SpoolClosed, SpoolError
 from relay.event import Command, Event
-from relay.spool import file, reads
+from relay.spool import command_rows, file, reads
 from relay.spool.chain import Chain, chain_reply, chained
 from relay.spool.changes import Changes
 from relay.spool.model import (
@@ -25,7 +25,6 @@ from relay.spool.model import (
     Done,
     Durability,
     Lease,
-    Record,
     SinkStats,
     SourceKey,
     SpoolStats,
@@ -86,19 +85,10 @@ class Spool:
         """Open (creating if needed) ``<state_dir>/spool.db``; ``SpoolError`` if it cannot.
 
         ``check`` (the agent sets it) runs ``PRAGMA quick_check`` and moves a corrupt file
-        aside, so that a damaged file never becomes a crash loop. ``ack_delay``: how long
-        acks may wait for company (see :meth:`ack`); ``commit_interval``: how long a put
-        answered by callback may wait for its commit (``relay.spool.writer``); ``wear``:
-        what measures the bytes written per event.
+        aside, so that a damaged file never becomes a crash loop. ``pace``: how long acks,
+        and puts answered by callback, may wait for company (``relay.spool.writer``).
         """
-        path: Path | None = None
-        if durability == "memory":
-            log.warning('spool durability is "memory": queued events are lost when relay stops')
-            conn, reader = file.open_memory(), None
-        else:
-            path = state_dir / "spool.db"
-            conn = file.open_file(path, durability, check=check)
-            reader = file.open_reader(path)
+        conn, reader, path = file.connections(state_dir, durability, check=check)
         return cls(
             conn,
             reader=reader,
@@ -194,16 +184,13 @@ class Spool:
         )
 
     def reject_async(self, sink: str, event: Event, reason: str, done: Done) -> None:
-        """Store ``event`` straight into ``sink``'s dead letters, with ``reason``.
-
-        For input refused at the door (a message too large, a topic that is not UTF-8):
-        kept where ``relay dlq list`` shows it, never forwarded. ``done`` as for put_async.
-        """
+        """Store ``event`` straight into ``sink``'s dead letters, with ``reason``: input
+        refused at the door (a message too large, a topic that is not UTF-8), kept where
+        ``relay dlq list`` shows it, never forwarded. ``done`` as for put_async."""
         self._writer.submit(lambda t: t.reject(sink, event, reason), lambda _, error: done(error))
 
     def sync(self) -> None:
-        """Return once every write queued before this call is committed and reported (acks
-        waiting for company included)."""
+        """Return once every write queued before it is committed (acks waiting included)."""
         self._writer.sync()
 
     # ---------------------------------------------------------------- sinks
@@ -215,8 +202,8 @@ class Spool:
         except the first sinks ever registered, which take what producers already queued. A
         sink no longer named is forgotten, with a warning saying what it had not received.
         """
-        names = list(names)
-        self._writer.call(lambda t: t.register(names))
+        wanted = list(names)
+        self._writer.call(lambda t: t.register(wanted))
 
     def lease(self, sink: str, limit: int = 1, *, after: int = 0) -> Lease:
         """The first ``limit`` events after ``sink``'s cursor, oldest first (maybe none);
@@ -225,19 +212,13 @@ class Spool:
             self._check_open()
             row = self._unsettled.row(sink, reads.sink_row(self._rconn, sink))
             rows = reads.pending(self._rconn, sink, max(row.cursor, after), limit)
-        records = []
-        for seq, body, spooled_at in rows:
-            try:
-                records.append(Record(seq, Event.from_json(body), spooled_at))
-            except ValueError:
-                if records or after > row.cursor:
-                    break  # lease what is good; the bad row waits until it is the head
-                # Only damage that passed quick_check gets here; it must not wedge the sink.
-                log.error(
-                    "sink %s: spool row %d is not a valid event: dead-lettering it", sink, seq
-                )
-                self.dead_letter(sink, seq, "spool row is not a valid event")
-                return self.lease(sink, limit, after=after)
+        records, bad = reads.records(rows)
+        if bad is not None and not records and after <= row.cursor:
+            # Only damage that passed quick_check gets here; it must not wedge the sink. (A
+            # bad row past what is in flight waits until it is the head.)
+            log.error("sink %s: spool row %d is not a valid event: dead-lettering it", sink, bad)
+            self.dead_letter(sink, bad, "spool row is not a valid event")
+            return self.lease(sink, limit, after=after)
         attempts, failures = row.counters_for(records[0].seq) if records else (0, 0)
         return Lease(sink, records, attempts, failures, row.cursor)
 
@@ -273,7 +254,7 @@ class Spool:
 
     def record_command(self, cmd: Command) -> bool:
         """Queue a device command once committed; False if its id was seen before."""
-        return self._writer.call(lambda t: t.record_command(cmd))
+        return self._writer.call(lambda t: command_rows.record(t, cmd))
 
     def record_command_async(
         self,
@@ -286,17 +267,17 @@ class Spool:
         (on the writer thread: ``done`` must be quick and must not call the spool). With a
         ``key`` (see :meth:`put_once_async`), a command its producer sent again and that is
         recorded already is not recorded twice (``recorded`` False)."""
-        self._writer.submit(lambda t: t.record_command(cmd, key), done)
+        self._writer.submit(lambda t: command_rows.record(t, cmd, key), done)
 
     def start_command(self, command_id: str) -> None:
         """Mark it running, committed: from now on a crash makes it ``interrupted``."""
-        self._writer.call(lambda t: t.start_command(command_id))
+        self._writer.call(lambda t: command_rows.start(t, command_id))
 
     def finish_command(
         self, command_id: str, status: str, error: str | None, outcome: Event
     ) -> None:
         """Mark it done and store its outcome event, in one commit."""
-        self._writer.call(lambda t: t.finish_command(command_id, status, error, outcome))
+        self._writer.call(lambda t: command_rows.finish(t, command_id, status, error, outcome))
 
     def running_commands(self) -> list[Command]:
         """Commands that were running when the previous agent stopped (or died)."""
@@ -403,18 +384,15 @@ class Spool:
         return Txn(cursor, max_bytes=self.max_bytes, when_full=self.when_full, now=time.time())
 
     def _on_committed(self, txn: Txn) -> None:
-        if txn.dropped:
-            self._log_drops(txn.dropped)
-        if txn.wakes:
-            self._changes.notify()
-        elif txn.commands_added:
-            self._changes.notify_commands()
-
-    def _log_drops(self, dropped: int) -> None:
-        if time.monotonic() - self._last_drop_log > 60:  # a storm of drops is one line a minute
+        # A storm of drops is one line a minute.
+        if txn.dropped and time.monotonic() - self._last_drop_log > 60:
             self._last_drop_log = time.monotonic()
             log.warning(
                 'spool full: dropped the %d oldest entries (when_full = "drop_oldest");'
                 " relay status counts every drop",
-                dropped,
+                txn.dropped,
             )
+        if txn.wakes:
+            self._changes.notify()
+        elif txn.commands_added:
+            self._changes.notify_commands()

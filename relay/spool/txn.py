@@ -1,5 +1,6 @@
 """Every write to the spool file, as done inside one group-commit transaction by the writer
-thread: events, the sinks' cursors and counters, dead letters, device commands.
+thread: events, the sinks' cursors and counters, dead letters (device commands:
+``relay.spool.command_rows``).
 
 A ``Txn`` keeps the byte count in Python while the operations of the batch run (its
 ``Figures``, folded into ``meta`` only by commits that write other pages anyway: see
@@ -11,26 +12,21 @@ neighbours in the same commit go on.
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 from collections.abc import Sequence
 
 from relay.errors import SpoolFull
-from relay.event import Command, Event
+from relay.event import Event
 from relay.spool import reads
 from relay.spool.figures import Figures
 from relay.spool.model import BrokerDrops, SourceKey, WhenFull
 from relay.spool.schema import (
     BROKER_KEYS,
-    COMMAND_COLUMNS,
     DL_BYTES,
-    DONE,
     EVENT_BYTES,
     KEEP_KEYED,
-    QUEUED,
     ROW_OVERHEAD,
-    RUNNING,
     SOURCES,
     WEAR_KEYS,
     broker_values,
@@ -39,7 +35,6 @@ from relay.spool.schema import (
 log = logging.getLogger("relay.spool")
 
 TRIM_BATCH = 512  # delete delivered rows this many at a time: fewer, larger page writes
-KEEP_DONE = 10_000  # finished commands remembered, so that a repeated id is recognised
 
 
 class Txn:
@@ -355,61 +350,4 @@ class Txn:
         self.c.executemany(
             "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             list(zip(BROKER_KEYS, broker_values(drops), strict=True)),
-        )
-
-    # ------------------------------------------------------------ device commands
-
-    def record_command(self, cmd: Command, key: SourceKey | None = None) -> bool:
-        """Queue ``cmd``; False (and nothing stored) when its id was seen before, or when
-        ``key`` says the producer sent it before and it is recorded already."""
-        self.flush()
-        at_seq = self.figures.high_water()
-        if key is not None and key.resent:
-            seen = self.c.execute(
-                "SELECT 1 FROM commands WHERE mid = ? AND digest = ? AND at_seq > ? LIMIT 1",
-                (key.id, key.digest, at_seq - KEEP_KEYED),
-            ).fetchone()
-            if seen is not None:
-                return False
-        mid, digest = (key.id, key.digest) if key is not None else (None, None)
-        try:
-            self.c.execute(
-                f"INSERT INTO commands ({COMMAND_COLUMNS}, state, mid, digest, at_seq) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    cmd.id,
-                    cmd.device,
-                    cmd.action,
-                    json.dumps(cmd.args),
-                    cmd.source,
-                    cmd.received_at,
-                    QUEUED,
-                    mid,
-                    digest,
-                    at_seq,
-                ),
-            )
-        except sqlite3.IntegrityError:
-            return False
-        self.commands_added = True
-        return True
-
-    def start_command(self, command_id: str) -> None:
-        self.c.execute(
-            "UPDATE commands SET state=? WHERE id=? AND state=?", (RUNNING, command_id, QUEUED)
-        )
-
-    def finish_command(
-        self, command_id: str, status: str, error: str | None, outcome: Event
-    ) -> None:
-        """Mark the command done and store its outcome event, in the same commit."""
-        self.c.execute(
-            "UPDATE commands SET state=?, status=?, error=?, finished_at=? WHERE id=?",
-            (DONE, status, error, self.now, command_id),
-        )
-        self.insert([outcome], force=True)  # an outcome is never refused for want of room
-        self.c.execute(
-            "DELETE FROM commands WHERE state=? AND seq <= "
-            "(SELECT seq FROM commands WHERE state=? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-            (DONE, DONE, KEEP_DONE),
         )
