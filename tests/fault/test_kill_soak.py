@@ -33,6 +33,7 @@ from tests.fault.harness import (
     push_numbers,
     quiet,
 )
+from tests.helpers import toml
 from tests.helpers.brokers import PrivateMosquitto
 from tests.helpers.common import need_service
 from tests.helpers.http_server import RemoteServer
@@ -74,18 +75,22 @@ def kill_plan(rng: random.Random, kills: int) -> list[str]:
     return plan + ["sigkill"] * (kills - len(plan))
 
 
-def test_kill_soak(tmp_path: Path, mosquitto: PrivateMosquitto) -> None:
+# With a commit window (relay/spool/writer.py) MQTT messages wait up to a second for the
+# commit that stores them, and are acknowledged to the broker only after it: no less safe.
+@pytest.mark.parametrize("spool", [{}, {"commit_interval": "1s"}], ids=["defaults", "window"])
+def test_kill_soak(tmp_path: Path, mosquitto: PrivateMosquitto, spool: dict[str, str]) -> None:
     need_service("RabbitMQ", 5672)
     rng = random.Random(SEED)
     topic = unique("relayfault/")
     plan = kill_plan(rng, KILLS)
-    print(f"\nkill soak: {EVENTS} events, {KILLS} kills, seed {SEED}")
+    print(f"\nkill soak: {EVENTS} events, {KILLS} kills, seed {SEED}, spool {spool}")
     with quiet(RemoteServer()) as server, AmqpQueue(RABBIT) as queue:
         agent = AgentProcess(
             tmp_path,
             mqtt_part(mosquitto.port, topic),
             http_sink_part(server.url, batch_max=20),
             amqp_sink_part(RABBIT, queue.name),
+            toml.table("spool", **spool) if spool else "",
         )
         with agent, MqttNumbers(mosquitto.host, mosquitto.port, topic) as pub:
             started = time.monotonic()
