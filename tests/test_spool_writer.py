@@ -17,6 +17,7 @@ from relay.event import Event
 from relay.spool import file
 from relay.spool.txn import Txn
 from relay.spool.writer import ACK_DELAY_S, WINDOW_OPS, Pace, Writer
+from tests.helpers.wait import wait_until
 
 
 class Harness:
@@ -163,10 +164,7 @@ def test_a_commit_window_puts_several_events_in_one_commit() -> None:
                 window=True,
             )
             time.sleep(0.1)
-        deadline = time.monotonic() + 5
-        while len(answered) < 5:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(lambda: len(answered) == 5, 5, "five answers")
         assert len(h.committed) == 1 and h.rows() == 5
     finally:
         h.writer.stop()
