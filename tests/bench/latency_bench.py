@@ -7,11 +7,13 @@ concurrency, in one run.
 
 For each delay of the remote (tests/bench/remote.py ``--delay-ms``, in its own process) and
 each concurrency N: events/s for relay to drain a backlog queued while the agent was down
-(``batch_max`` 1, ``max_in_flight`` N), and for N threads, each with its own httpx.Client,
-POSTing the same events one per request. A relay that does not know ``max_in_flight`` (a
-ConfigError) gets "n/a" (NaN in ``--json``), and the httpx figures are still measured. An
-event lost makes the bench fail; whether relay's events arrived in order is reported.
-Prints one table (``--json``: run_all's rows instead).
+(``batch_max`` 1, ``max_in_flight`` N), and for N threads, each with its own httpx.Client
+(made before the clock starts), POSTing the same events one per request. A relay that does
+not know ``max_in_flight`` (a ConfigError) gets "n/a" (NaN in ``--json``), and the httpx
+figures are still measured. An event lost makes the bench fail; whether relay's events
+arrived in the order of the spool is reported (the remote's order of first arrival: with
+more than one request in flight, a later one may be answered first). Prints one table
+(``--json``: run_all's rows instead).
 """
 
 from __future__ import annotations
@@ -37,25 +39,31 @@ NOT_AVAILABLE = "n/a (max_in_flight not available)"
 
 def plain_httpx(url: str, backlog: list[Event], threads: int) -> float:
     """Events/s for ``threads`` threads, a keep-alive httpx.Client each, to POST the
-    events one per request, each thread taking the next event not yet taken."""
+    events one per request, each thread taking the next event not yet taken. The clients
+    are made before the clock starts, as http_bench.py's ceiling does (an SSL context each:
+    tens of ms on a loaded machine, most of a short run)."""
     bodies = iter([(e.id, e.to_json()) for e in backlog])
     lock = threading.Lock()
 
-    def send() -> None:
-        with httpx.Client() as client:
-            while True:
-                with lock:
-                    key, body = next(bodies, ("", b""))
-                if not key:
-                    return
-                headers = {"Content-Type": "application/json", "Idempotency-Key": key}
-                client.post(url, content=body, headers=headers).raise_for_status()
+    def send(client: httpx.Client) -> None:
+        while True:
+            with lock:
+                key, body = next(bodies, ("", b""))
+            if not key:
+                return
+            headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+            client.post(url, content=body, headers=headers).raise_for_status()
 
-    start = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        for done in [pool.submit(send) for _ in range(threads)]:
-            done.result()  # an error in a thread stops the bench here
-    return len(backlog) / (time.perf_counter() - start)
+    clients = [httpx.Client() for _ in range(threads)]
+    try:
+        start = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            for done in [pool.submit(send, client) for client in clients]:
+                done.result()  # an error in a thread stops the bench here
+        return len(backlog) / (time.perf_counter() - start)
+    finally:
+        for client in clients:
+            client.close()
 
 
 def relay_drain(remote: RemoteProcess, backlog: list[Event], in_flight: int) -> tuple[float, str]:
