@@ -16,7 +16,7 @@ from relay.errors import SpoolClosed, SpoolError
 from relay.event import Event
 from relay.spool import file
 from relay.spool.txn import Txn
-from relay.spool.writer import ACK_DELAY_S, WINDOW_OPS, Pace, Writer
+from relay.spool.writer import ACK_DELAY_S, ACK_OPS, WINDOW_OPS, Pace, Writer
 from tests.helpers.wait import wait_until
 
 
@@ -121,6 +121,20 @@ def test_acks_nobody_waits_for_gather_into_one_commit(h: Harness) -> None:
         time.sleep(0.001)
     assert done.wait(10)
     assert len(h.committed) <= 5, f"{len(h.committed)} commits for 50 acks"
+
+
+@pytest.mark.parametrize("h", [60], indirect=True)
+def test_acks_of_a_fast_drain_commit_every_ack_ops(h: Harness) -> None:
+    """Acks wait for their deadline (a minute here) only while fewer than ACK_OPS wait: a
+    fast drain commits every ACK_OPS acks, so that a crash re-sends no more than those."""
+    replies: list[int] = []
+    for _ in range(ACK_OPS - 1):
+        h.writer.ack(lambda t: None, lambda r, e: replies.append(1))
+    time.sleep(0.5)
+    assert replies == [] and h.committed == []  # they wait
+    h.writer.ack(lambda t: None, lambda r, e: replies.append(1))
+    wait_until(lambda: len(replies) == ACK_OPS, 5, "the acks committed")
+    assert len(h.committed) == 1
 
 
 @pytest.mark.parametrize("h", [60], indirect=True)  # a held write would hang the test

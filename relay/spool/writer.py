@@ -17,7 +17,8 @@ Two kinds of operation:
   durable with the next fsync'd commit or checkpoint, as WAL frames are written in order). And
   an ack waits up to ``ack_delay`` for company before it commits: a sink makes one commit of
   acks a second at most, not one per event, draining or at a trickle (this process reads its
-  own acks from memory meanwhile: ``relay.spool.overlay``).
+  own acks from memory meanwhile: ``relay.spool.overlay``), or one per ``ACK_OPS`` acks in
+  a fast drain, so that a crash re-sends no more than those.
 
 With a ``commit_interval`` (the SD card's friend), a durable write whose producer waits by
 callback (an MQTT message, acknowledged to the broker after the commit) may also wait up to
@@ -56,6 +57,7 @@ Reply = Callable[[T | None, SpoolError | None], None]
 _BATCH_OPS = 1024  # most operations one commit takes
 ACK_DELAY_S = 1.0  # how long acks may gather by default (a kill re-sends theirs)
 WINDOW_OPS = 16  # writes in a commit window that close it (the broker's 20 in flight, less)
+ACK_OPS = 64  # acks waiting that end their wait: what a crash in a fast drain re-sends
 _QUEUE_OPS = 8192  # bound on operations waiting for the writer
 
 
@@ -146,6 +148,7 @@ class Writer:
         self._ops: Inbox[_Op[Any] | object] = Inbox(_QUEUE_OPS)
         self._closed = False
         self._submit_lock = threading.Lock()  # orders submissions against stop()
+        self._acks = 0  # acks submitted so far
         self._failing = LogOnce()  # commits fail (a full disk): logged once, not per flap
         self._reclaim = False  # the disk was full: truncate the WAL after the next commit
         self._path = conn.execute("PRAGMA database_list").fetchone()[2] or ":memory:"
@@ -213,7 +216,11 @@ class Writer:
         with self._submit_lock:
             if self._closed:
                 raise SpoolClosed("the spool is closed")
-            self._ops.put(op, urgent=not op.gather)  # an ack can wait for its deadline
+            urgent = True
+            if op.gather:  # an ack waits for its deadline, or for ACK_OPS of them
+                self._acks += 1
+                urgent = self._acks % ACK_OPS == 0
+            self._ops.put(op, urgent=urgent)
 
     def _loop(self) -> None:
         while True:
@@ -231,8 +238,8 @@ class Writer:
 
     def _gather(self, items: list[_Op[Any] | object]) -> list[_Op[Any] | object]:
         """``items``, and what comes while everything taken may wait: acks up to
-        ``ack_delay``, writes in the commit window up to ``commit_interval`` (and no more
-        than ``WINDOW_OPS`` of them)."""
+        ``ack_delay`` (and no more than ``ACK_OPS`` of them), writes in the commit window up
+        to ``commit_interval`` (and no more than ``WINDOW_OPS`` of them)."""
         now = time.monotonic()
         deadline = {"ack": now + self._ack_delay, "window": now + self._commit_interval}
         more = items
@@ -241,7 +248,8 @@ class Writer:
             if None in kinds:
                 break  # someone waits, or a write that may not: commit now
             windowed = sum(1 for op in items if isinstance(op, _Op) and op.window)
-            if windowed >= WINDOW_OPS:
+            acks = sum(1 for op in items if isinstance(op, _Op) and op.gather)
+            if windowed >= WINDOW_OPS or acks >= ACK_OPS:
                 break
             waiting = {self._may_wait(op) for op in items}
             left = min(deadline[k] for k in waiting if k is not None) - time.monotonic()
