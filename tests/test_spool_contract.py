@@ -367,6 +367,22 @@ def test_two_processes_share_the_file(tmp_path: Path) -> None:
         )
 
 
+def test_the_writers_figures_follow_another_process(tmp_path: Path) -> None:
+    """The writer keeps the byte count and the next seq from its last commit; a commit by
+    another process (relay push) in between is seen (PRAGMA data_version): the cap counts
+    its row and no seq is given twice."""
+    one = len(ev(0).to_json()) + ROW_OVERHEAD
+    with Spool.open(tmp_path, max_bytes=3 * one + 10) as agent:
+        agent.register_sinks(["a"])
+        agent.put(ev(0))
+        with Spool.open(tmp_path, max_bytes=3 * one + 10) as push:
+            push.put(ev(1))
+        agent.put(ev(2))
+        with pytest.raises(SpoolFull):
+            agent.put(ev(3))
+        assert ns(agent.lease("a", 5)) == [0, 1, 2]
+
+
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     with Spool.open(tmp_path):
         pass

@@ -15,11 +15,17 @@ the newest rows were deleted, and a sink whose cursor is past it would never get
 event. So every insert names its seq, one above the highest ever given: the table's, the
 ``seq_floor`` that a commit deleting rows leaves in ``meta``, and (a file made before this
 layout) ``sqlite_sequence``'s.
+
+Reading them takes queries (the unfolded rows' bytes among them) that would be most of a
+small commit's work, so the writer keeps what its last commit left (:class:`Known`) and the
+next transaction starts from it, unless another process (``relay push``, ``relay dlq``)
+committed since: SQLite's ``PRAGMA data_version`` says so.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass
 
 from relay.spool.schema import FOLDED, ROW_OVERHEAD, SOURCES, TALLY_SOURCE
 
@@ -51,18 +57,34 @@ def unfolded_tallies(c: sqlite3.Connection | sqlite3.Cursor) -> dict[str, int]:
     return found
 
 
-class Figures:
-    """A transaction's view of the figures (on the writer's cursor, inside its
-    transaction)."""
+@dataclass(frozen=True)
+class Known:
+    """The figures as the writer's last commit left them, and the file's ``data_version``
+    as that commit saw it."""
 
-    def __init__(self, c: sqlite3.Cursor) -> None:
+    used: int
+    next_seq: int
+    folded_seq: int
+    data_version: int
+
+
+class Figures:
+    """A transaction's view of the figures (on the writer's cursor, inside its transaction,
+    which began before this is made); ``known``: what the last commit left."""
+
+    def __init__(self, c: sqlite3.Cursor, known: Known | None = None) -> None:
         self.c = c
         self.changed = False  # bytes changed other than by inserting events: fold them
         self._floor: int | None = None  # the high water before rows were deleted
         self._used: int | None = None
         self._next_seq: int | None = None
+        self._folded: int | None = None  # folded_seq in meta, as of now
         self._tallied_to: int | None = None  # rows up to here are in self._tallies
         self._tallies: dict[str, int] = {}
+        self._version = int(c.execute("PRAGMA data_version").fetchone()[0])
+        if known is not None and known.data_version == self._version:
+            self._used, self._next_seq = known.used, known.next_seq
+            self._folded = known.folded_seq
 
     @property
     def used(self) -> int:
@@ -94,10 +116,16 @@ class Figures:
         _ = self.used  # counted before any row goes, so what goes is taken off once
         self.tally_rows()
 
+    @property
+    def folded_seq(self) -> int:
+        if self._folded is None:
+            self._folded = self._meta("folded_seq")
+        return self._folded
+
     def tally_rows(self) -> None:
         """Count the rows not folded yet into this transaction's tallies."""
         if self._tallied_to is None:
-            self._tallied_to = self._meta("folded_seq")
+            self._tallied_to = self.folded_seq
         top = self.c.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
         if top <= self._tallied_to:
             return
@@ -113,10 +141,7 @@ class Figures:
     def finish(self, *, fold: bool) -> None:
         """Fold the figures into ``meta`` if this commit writes other pages anyway
         (``fold``, or something but inserts changed the bytes) or enough events wait."""
-        waiting = (
-            self._next_seq is not None
-            and self._next_seq - 1 - self._meta("folded_seq") >= FOLD_EVERY
-        )
+        waiting = self._next_seq is not None and self._next_seq - 1 - self.folded_seq >= FOLD_EVERY
         if not (fold or self.changed or self._floor is not None or waiting):
             return
         used = self.used  # before the fold moves folded_seq: it counts what waits
@@ -133,6 +158,13 @@ class Figures:
             "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = value + ?",
             [(key, n, n) for key, n in self._tallies.items()],
         )
+        self._folded = self._tallied_to
+
+    def known(self) -> Known:
+        """What this transaction leaves, for the next one (once it is committed)."""
+        if self._next_seq is None:
+            self._next_seq = self.high_water() + 1
+        return Known(self.used, self._next_seq, self.folded_seq, self._version)
 
     def _meta(self, key: str) -> int:
         row = self.c.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()

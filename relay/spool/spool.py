@@ -19,6 +19,7 @@ from relay.event import Command, Event
 from relay.spool import command_rows, file, reads
 from relay.spool.chain import Chain, chain_reply, chained
 from relay.spool.changes import Changes
+from relay.spool.figures import Known
 from relay.spool.model import (
     BrokerDrops,
     DeadLetter,
@@ -69,6 +70,7 @@ class Spool:
         self._changes = Changes()
         self._last_drop_log = float("-inf")
         self._unsettled = Overlay()  # acks and retry counters, maybe not committed yet
+        self._known: Known | None = None  # the figures the writer's last commit left
         self._writer = Writer(conn, self._lock, self._new_txn, self._on_committed, pace=pace)
 
     @classmethod
@@ -196,12 +198,9 @@ class Spool:
     # ---------------------------------------------------------------- sinks
 
     def register_sinks(self, names: Iterable[str]) -> None:
-        """Make the spool's sinks exactly ``names``.
-
-        A sink new to this file starts after the newest event (it does not replay history),
-        except the first sinks ever registered, which take what producers already queued. A
-        sink no longer named is forgotten, with a warning saying what it had not received.
-        """
+        """Make the spool's sinks exactly ``names``. A sink new to this file starts after the
+        newest event (no history), except the first sinks ever registered, which take what
+        producers queued already. A sink no longer named is forgotten, with a warning."""
         wanted = list(names)
         self._writer.call(lambda t: t.register(wanted))
 
@@ -380,10 +379,12 @@ class Spool:
             self._check_open()
             return read(self._rconn)
 
-    def _new_txn(self, cursor: sqlite3.Cursor) -> Txn:
-        return Txn(cursor, max_bytes=self.max_bytes, when_full=self.when_full, now=time.time())
+    def _new_txn(self, c: sqlite3.Cursor) -> Txn:
+        now, known = time.time(), self._known
+        return Txn(c, max_bytes=self.max_bytes, when_full=self.when_full, now=now, known=known)
 
     def _on_committed(self, txn: Txn) -> None:
+        self._known = txn.figures.known()
         # A storm of drops is one line a minute.
         if txn.dropped and time.monotonic() - self._last_drop_log > 60:
             self._last_drop_log = time.monotonic()

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from relay.errors import SpoolFull
 from relay.event import Event
 from relay.spool import reads
-from relay.spool.figures import Figures
+from relay.spool.figures import Figures, Known
 from relay.spool.model import BrokerDrops, SourceKey, WhenFull
 from relay.spool.schema import (
     BROKER_KEYS,
@@ -38,7 +38,15 @@ TRIM_BATCH = 512  # delete delivered rows this many at a time: fewer, larger pag
 
 
 class Txn:
-    def __init__(self, c: sqlite3.Cursor, *, max_bytes: int, when_full: WhenFull, now: float):
+    def __init__(
+        self,
+        c: sqlite3.Cursor,
+        *,
+        max_bytes: int,
+        when_full: WhenFull,
+        now: float,
+        known: Known | None = None,
+    ):
         self.c = c
         self.max_bytes = max_bytes
         self.when_full = when_full
@@ -48,7 +56,7 @@ class Txn:
         self.dropped = 0
         self.inserted = 0  # events this commit stores
         self.fold = False  # the writer's say: this commit writes other pages (acks) anyway
-        self.figures = Figures(c)
+        self.figures = Figures(c, known)  # ``known``: what the writer's last commit left
         self._trim_due = False  # something moved a cursor or freed rows
         self._rows: list[tuple[str, bytes, float, int | None, bytes | None]] = []
         self._tallies: dict[str, int] = {}  # "rejected:<source>" -> events this batch
