@@ -33,7 +33,7 @@ lint: $(BIN)/.installed
 test: lint
 	$(BIN)/pytest -n 4 --dist loadfile
 
-# Every benchmark, one summary table (~15 min; `make bench BENCH=--quick`: ~3 min).
+# Every benchmark, one summary table (~50 min; `make bench BENCH=--quick`: ~5 min).
 bench: $(BIN)/.installed
 	$(BIN)/python tests/bench/run_all $(BENCH)
 
