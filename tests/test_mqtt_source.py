@@ -204,6 +204,70 @@ def test_availability_topic_online_then_offline(
         other.disconnect()
 
 
+class _Listener:
+    """An observer that only counts what arrives on its topic."""
+
+    resubscribe = False
+
+    def __init__(self, topic: str) -> None:
+        self.topic, self.got = topic, 0
+
+    def subscriptions(self) -> list[tuple[str, int]]:
+        return [(self.topic, 0)]
+
+    def on_connect(self, session: object) -> None:
+        pass
+
+    def on_message(self, msg: object) -> None:
+        self.got += 1
+
+    def settle(self) -> None:
+        pass
+
+
+def test_stop_writes_offline_and_disconnect_before_it_returns(broker: tuple[str, int]) -> None:
+    """An in-process stop has no process exit to close the socket (and fire the will): the
+    network thread must not leave before it has written stop()'s "offline" and DISCONNECT,
+    also while it is busy reading (here a stream of messages; for the agent, the broker's
+    retained $SYS figures just after it subscribed)."""
+    prefix, busy = unique("relay/stops-"), unique("relaytest/busy-")
+    seen: dict[str, list[bytes]] = {}
+    watcher = mqtt.Client(CallbackAPIVersion.VERSION2)
+    watcher.on_message = lambda c, u, m: seen.setdefault(m.topic, []).append(m.payload)
+    watcher.connect(*broker)
+    watcher.subscribe(f"{prefix}/+", qos=1)
+    watcher.loop_start()
+    flooding = threading.Event()
+
+    def flood() -> None:
+        with Publisher(*broker) as pub:
+            while flooding.is_set():
+                pub.publish(busy, b"x", qos=0)
+                time.sleep(0.0005)
+
+    flooding.set()
+    flooder = threading.Thread(target=flood)
+    flooder.start()
+    try:
+        for i in range(40):
+            status, listener = f"{prefix}/{i}", _Listener(busy)
+            cfg = MqttConfig(host=broker[0], port=broker[1], status_topic=status)
+            connection = MqttConnection(cfg, node=unique("stop-"), observers=[listener])
+            connection.start()
+            said = seen.setdefault(status, [])
+            wait_until(lambda s=said: s == [b"online"], 10, f"online #{i}")
+            wait_until(lambda got=listener: got.got > 0, 10, f"the stream #{i}")
+            connection.stop()
+            wait_until(lambda s=said: s[-1] == b"offline", 5, f"offline #{i}")
+    finally:
+        flooding.clear()
+        flooder.join()
+        for topic in seen:
+            watcher.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
+        watcher.loop_stop()
+        watcher.disconnect()
+
+
 def _agent_proc(
     cfg: Path, env: dict[str, str], until: str = "relay started"
 ) -> subprocess.Popen[str]:

@@ -48,6 +48,9 @@ RECONNECT = Backoff(initial=1.0, factor=2.0, cap=60.0)
 # After handing messages back (spool full or failing): come back soon, as space frees when
 # a sink catches up and nothing tells this thread; each visit costs a handful of messages.
 HANDED_BACK = Backoff(initial=0.5, factor=2.0, cap=5.0)
+# How long stop() gives the network thread to write "offline", the last PUBACKs and
+# DISCONNECT: a link that cannot take them by then is dead, and the will says "offline".
+LEAVE_S = 5.0
 
 
 def _write_wanted(client: mqtt.Client, userdata: Any, sock: Any) -> None:
@@ -138,11 +141,19 @@ class MqttConnection:
         # and a clean restart does not receive them again.
         for subscriber in self._subscribers:
             subscriber.settle()
-        self._stop.set()
+        self._stop.set()  # no reconnect from here on
         if self.connected.is_set():
             self._client.publish(self.status_topic, "offline", qos=1, retain=True)
-        self._client.disconnect()  # wakes the network loop through paho's socket pair
+        # Queued behind them; the network thread writes all three (see _serve) and paho
+        # closes the socket after DISCONNECT.
+        self._client.disconnect()
         self._thread.join()
+        # paho closes its sockets (the socket pair that wakes our loop, and a link too dead
+        # to take DISCONNECT) only in Client.__del__. Its callbacks are our methods, so the
+        # client sits in a reference cycle, and the cyclic GC finalizes the sockets first,
+        # in any order: "ResourceWarning: unclosed socket", and a dead link held open in a
+        # process that goes on. paho has no public close.
+        self._client._reset_sockets()
 
     def alive(self) -> bool:
         """For the watchdog: the network loop still comes round (at least every keepalive/2,
@@ -197,10 +208,19 @@ class MqttConnection:
         # often enough to ping, and to give up on a ping, in time (see _on_connect); never
         # on a one-second tick.
         tick = self.cfg.keepalive_s / 4
-        while not self._stop.is_set():
-            self._last_tick = time.monotonic()
-            rc = self._client.loop(timeout=tick)
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+        leave_by = None
+        while True:
+            self._last_tick = now = time.monotonic()
+            timeout = tick
+            if self._stop.is_set():
+                # Not gone yet: what stop() queued may still be unwritten (a round that only
+                # read returns without writing), and in-process no exit closes the socket.
+                # paho's next round after DISCONNECT finds no socket and ends this loop.
+                leave_by = leave_by or now + LEAVE_S
+                timeout = min(tick, leave_by - now)
+                if timeout <= 0:
+                    return
+            if self._client.loop(timeout=timeout) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 return
 
     @property
