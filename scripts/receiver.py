@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import random
+import signal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -46,9 +47,13 @@ def main() -> None:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
+    # Ctrl-C and kill (SIGTERM) both end it. SIGINT's handler is set here as well: a job that
+    # a script starts in the background inherits SIGINT ignored, and Python then leaves it so.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Receiver)
     print(f"receiving relay's events on http://127.0.0.1:{args.port}/ (Ctrl-C stops)", flush=True)
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: the end, not an error
+    with contextlib.suppress(KeyboardInterrupt):  # the end, not an error
         server.serve_forever()
 
 

@@ -15,7 +15,7 @@ import pytest
 from relay import config
 from tests.helpers import toml
 from tests.helpers.brokers import free_port
-from tests.helpers.common import RELAY, read_until
+from tests.helpers.common import RELAY, about_the_run, read_until
 from tests.helpers.wait import wait_until
 
 ROOT = Path(__file__).parent.parent
@@ -46,7 +46,11 @@ def receiver(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         wait_until(lambda: "receiving" in out.read_text(), 10, "the receiver")
         yield port, out
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(10) == 0
+        try:
+            code = proc.wait(10)
+        finally:
+            proc.kill()  # else the with block waits for it for ever
+        assert code == 0
 
 
 def test_readme_walk_through(
@@ -91,6 +95,6 @@ def test_run_names_the_cause_first(
         env=relay_env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 78, done.stderr
-    first = done.stderr.splitlines()[0]
+    first = about_the_run(done.stderr.splitlines())[0]
     assert first.startswith(f"CRITICAL relay: {cfg}: gpio.pin_factory: 'lgpio' "), done.stderr
     assert "stopping" not in done.stderr

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,15 @@ import pytest
 
 REQUIRE_BROKERS = os.environ.get("RELAY_REQUIRE_BROKERS") == "1"
 RELAY = [sys.executable, "-m", "relay"]
+# relay's first line where the venv has no systemd-python (made without libsystemd-dev): a
+# fact about the install, which tests/test_systemd_notify.py checks.
+NO_SYSTEMD_PYTHON = "relay.systemd: systemd-python is not installed"
+
+
+def about_the_run(lines: Iterable[str]) -> list[str]:
+    """relay's log ``lines`` without the one about the install (NO_SYSTEMD_PYTHON), for a test
+    of what relay says about something else, on a machine with or without libsystemd-dev."""
+    return [line for line in lines if NO_SYSTEMD_PYTHON not in line]
 
 
 def port_open(host: str, port: int) -> bool:
