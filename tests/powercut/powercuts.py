@@ -38,6 +38,7 @@ from tests.helpers.common import RELAY
 from tests.helpers.http_server import RemoteServer
 from tests.helpers.mqtt import Publisher
 from tests.helpers.toml import table, write
+from tests.helpers.wait import WaitTimeout, wait_until
 from tests.powercut import image
 from tests.powercut.common import HOST_IP, STATE_DIR
 from tests.powercut.guest import Guest, SpoolAfterCut, spool_after_cut
@@ -279,21 +280,25 @@ class PowerCuts:
     def _drain(self, mosq: PrivateMosquitto, server: RemoteServer, published: int) -> None:
         """Wait until the receiver has every number, or relay has acknowledged every
         number and nothing new arrived for 15 s (what is missing then is lost)."""
-        deadline = time.monotonic() + 300 + published / 20
         want = set(range(published))
         last_change, seen = time.monotonic(), 0
-        while time.monotonic() < deadline:
+
+        def drained() -> bool:
+            nonlocal last_change, seen
             got = {n for n, _ in http_numbers(server, PREFIX)}
             if want <= got:
-                return
+                return True
             if len(got) != seen:
                 last_change, seen = time.monotonic(), len(got)
             elif time.monotonic() - last_change > 15:
                 acks = broker_acks(mosq.log_file, CLIENT_ID, PREFIX, self.boot_offsets)
-                if want <= acks.through(len(self.boot_offsets)) | got:
-                    return
-            time.sleep(0.5)
-        self.say("the drain timed out: what is missing is counted below")
+                return want <= acks.through(len(self.boot_offsets)) | got
+            return False
+
+        try:
+            wait_until(drained, 300 + published / 20, "the drain", interval=0.5)
+        except WaitTimeout:
+            self.say("the drain timed out: what is missing is counted below")
 
     def _report(
         self, mosq: PrivateMosquitto, server: RemoteServer, published: int, final: SpoolAfterCut
