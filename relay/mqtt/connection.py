@@ -48,8 +48,7 @@ RECONNECT = Backoff(initial=1.0, factor=2.0, cap=60.0)
 # After handing messages back (spool full or failing): come back soon, as space frees when
 # a sink catches up and nothing tells this thread; each visit costs a handful of messages.
 HANDED_BACK = Backoff(initial=0.5, factor=2.0, cap=5.0)
-# How long stop() gives the network thread to write "offline", the last PUBACKs and
-# DISCONNECT: a link that cannot take them by then is dead, and the will says "offline".
+# How long stop() waits for "offline", the last PUBACKs and DISCONNECT to be written.
 LEAVE_S = 5.0
 
 
@@ -144,15 +143,10 @@ class MqttConnection:
         self._stop.set()  # no reconnect from here on
         if self.connected.is_set():
             self._client.publish(self.status_topic, "offline", qos=1, retain=True)
-        # Queued behind them; the network thread writes all three (see _serve) and paho
-        # closes the socket after DISCONNECT.
-        self._client.disconnect()
+        self._client.disconnect()  # queued behind them: _serve writes all three
         self._thread.join()
-        # paho closes its sockets (the socket pair that wakes our loop, and a link too dead
-        # to take DISCONNECT) only in Client.__del__. Its callbacks are our methods, so the
-        # client sits in a reference cycle, and the cyclic GC finalizes the sockets first,
-        # in any order: "ResourceWarning: unclosed socket", and a dead link held open in a
-        # process that goes on. paho has no public close.
+        # paho closes its sockets only in __del__, which the cyclic GC (our methods are its
+        # callbacks) may run after theirs: "unclosed socket". paho has no public close.
         self._client._reset_sockets()
 
     def alive(self) -> bool:
@@ -211,15 +205,11 @@ class MqttConnection:
         leave_by = None
         while True:
             self._last_tick = now = time.monotonic()
-            timeout = tick
-            if self._stop.is_set():
-                # Not gone yet: what stop() queued may still be unwritten (a round that only
-                # read returns without writing), and in-process no exit closes the socket.
-                # paho's next round after DISCONNECT finds no socket and ends this loop.
-                leave_by = leave_by or now + LEAVE_S
-                timeout = min(tick, leave_by - now)
-                if timeout <= 0:
+            if self._stop.is_set():  # stay until paho has written what stop() queued and
+                leave_by = leave_by or now + LEAVE_S  # closed the socket (loop() then fails)
+                if now >= leave_by:
                     return
+            timeout = tick if leave_by is None else min(tick, leave_by - now)
             if self._client.loop(timeout=timeout) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 return
 
