@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench check-platform powercut clean
+.PHONY: demo test lint bench check-platform check-platform-wheels powercut clean
 
 # The systemd extra (systemd-python) compiles against libsystemd, so it is added where
 # pkg-config finds libsystemd (.ci/run installs libsystemd-dev first): `make demo` still works
@@ -24,7 +24,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	@if command -v shellcheck >/dev/null; then shellcheck scripts/install scripts/mosquitto-dropin scripts/check-platform \
-		tests/platform/smoke tests/powercut/install-deps .ci/run; \
+		tests/platform/smoke tests/platform/wheels tests/powercut/install-deps .ci/run; \
 	else echo "shellcheck not installed: scripts not linted"; fi
 
 # Most tests wait on brokers, sockets and child processes rather than the CPU, so four
@@ -54,6 +54,10 @@ powercut: $(BIN)/.installed
 ARCH ?= arm64 armhf
 check-platform:
 	@for arch in $(ARCH); do scripts/check-platform $$arch || exit 1; done
+
+# Its short form, in CI: every dependency has a wheel for both (seconds, nothing emulated).
+check-platform-wheels: $(BIN)/.installed
+	tests/platform/wheels $(ARCH)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
