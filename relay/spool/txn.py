@@ -320,6 +320,8 @@ class Txn:
         if low is None or first is None or low < first:
             return
         upto = low if force else min(low, first + 16 * TRIM_BATCH)
+        if upto - first + 1 < TRIM_BATCH and low < last and not force:
+            return  # not a batch even if every row were done: spare the count's scan
         done = "FROM events WHERE seq <= ? AND sink IS NULL"
         args: tuple[int, ...] = (upto,)
         if not force:
