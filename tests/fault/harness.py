@@ -533,9 +533,9 @@ class Ledger:
         as replays, at most two per disruption (none without one), and, if given, at most
         ``max_duplicates`` duplicates in all. The report."""
         r = self.report(sink)
-        assert not r.lost, f"{r.line()}; lost: {_ranges(r.lost)}"
-        assert not r.unexpected, f"{r.line()}; never sent: {_ranges(r.unexpected)}"
-        assert not r.out_of_order, f"{r.line()}; out of order: {_ranges(r.out_of_order)}"
+        assert not r.lost, f"{r.line()}; lost: {ranges(r.lost)}"
+        assert not r.unexpected, f"{r.line()}; never sent: {ranges(r.unexpected)}"
+        assert not r.out_of_order, f"{r.line()}; out of order: {ranges(r.out_of_order)}"
         assert r.replays <= 2 * disruptions, (
             f"{r.line()}: more replays than {disruptions} disruption(s) explain"
         )
@@ -544,8 +544,9 @@ class Ledger:
         return r
 
 
-def _ranges(ns: Sequence[int], limit: int = 12) -> str:
-    """``[1, 2, 3, 7]`` -> ``"1-3, 7"`` (the first ``limit`` runs)."""
+def ranges(ns: Sequence[int], limit: int = 12) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3, 7"`` (the first ``limit`` runs, in order)."""
+    ns = sorted(ns)
     runs: list[str] = []
     i = 0
     while i < len(ns) and len(runs) < limit:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
+from tests.fault.harness import ranges
 from tests.powercut.guest import SpoolAfterCut
 
 
@@ -88,12 +89,12 @@ class Report:
         """What makes the run fail (losses only without ``expect_loss``)."""
         out = []
         if self.lost and not expect_loss:
-            out.append(f"{len(self.lost)} acknowledged events lost: {_ranges(self.lost)}")
+            out.append(f"{len(self.lost)} acknowledged events lost: {ranges(self.lost, 8)}")
         if self.missing_unacked:
             out.append(
                 f"{len(self.missing_unacked)} events never acknowledged and never received "
                 f"(the broker dropped them, or relay never drained): "
-                f"{_ranges(self.missing_unacked)}"
+                f"{ranges(self.missing_unacked, 8)}"
             )
         if self.dropped_by_broker:
             out.append(f"the broker dropped messages: {self.dropped_by_broker[0]}")
@@ -103,7 +104,7 @@ class Report:
         if self.critical:
             out.append(f"relay logged CRITICAL (a spool set aside?): {self.critical[0]}")
         if self.out_of_order:
-            out.append(f"first arrivals out of order: {_ranges(self.out_of_order)}")
+            out.append(f"first arrivals out of order: {ranges(self.out_of_order, 8)}")
         unseen = [c.index for c in self.cuts if c.how != "boot" and not c.started]
         if unseen:
             out.append(f"relay's start not seen on the console in the boots of cuts {unseen}")
@@ -117,7 +118,7 @@ class Report:
         lines.append(
             f"durability {self.durability}: published {self.published}, "
             f"relay acknowledged {self.acknowledged}, lost {len(self.lost)}"
-            + (f" ({_ranges(self.lost)})" if self.lost else "")
+            + (f" ({ranges(self.lost, 8)})" if self.lost else "")
         )
         at_cuts = set().union(*(c.lost for c in self.cuts))
         if at_cuts != set(self.lost):
@@ -171,17 +172,3 @@ def first_arrival_disorder(deliveries: list[int]) -> list[int]:
             out.append(n)
         top = max(top, n)
     return out
-
-
-def _ranges(ns: list[int], limit: int = 8) -> str:
-    """``[1, 2, 3, 7]`` -> ``"1-3, 7"`` (the first ``limit`` runs)."""
-    ns = sorted(ns)
-    runs: list[str] = []
-    i = 0
-    while i < len(ns) and len(runs) < limit:
-        j = i
-        while j + 1 < len(ns) and ns[j + 1] == ns[j] + 1:
-            j += 1
-        runs.append(str(ns[i]) if i == j else f"{ns[i]}-{ns[j]}")
-        i = j + 1
-    return ", ".join(runs) + (" ..." if i < len(ns) else "")
